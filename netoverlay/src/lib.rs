@@ -1,0 +1,7 @@
+//! Networking for shoal: address management, network namespaces, the network drivers and
+//! published ports. Service discovery and load balancing arrive with the cluster.
+
+pub mod bridge;
+pub mod ipam;
+pub mod netns;
+pub mod nft;

@@ -1,0 +1,18 @@
+//! The shoal worker: the node agent and the local container engine every node runs.
+//!
+//! - [`image`]: the content-addressed image store (import, load, pull, push, unpack).
+//! - [`runtime`]: OCI runtime specs, the builtin runtime and external OCI runtimes.
+//! - [`shim`]: the per-container parent process that owns stdio, logs and exit status.
+//! - [`cgroups`]: resource limits on the v1 and v2 layouts.
+//! - [`security`]: capabilities and the default seccomp profile.
+//! - [`engine`]: container lifecycle, tying the pieces together.
+//! - [`daemon`]: the engine's gRPC service on the local socket.
+
+pub mod cgroups;
+pub mod daemon;
+pub mod engine;
+pub mod image;
+pub mod logs;
+pub mod runtime;
+pub mod security;
+pub mod shim;
