@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod engine;
 pub mod image;
 pub mod logs;
+pub mod reexec;
 pub mod runtime;
 pub mod security;
 pub mod shim;
