@@ -1,6 +1,22 @@
-//! The engine's gRPC service on the local socket, and the daemon's main loop.
+//! The daemon: opens the engine's state, serves the engine's gRPC services on the local
+//! socket, and stops serving on shutdown while containers keep running under their shims.
 
-use std::path::PathBuf;
+mod containers;
+mod images;
+mod upload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use shoal_api::engine::containers_server::ContainersServer;
+use shoal_api::engine::images_server::ImagesServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub use self::containers::{EXIT_CODE_KEY, status};
+use crate::engine::{Engine, EngineConfig};
+use crate::image::ImageStore;
+use crate::runtime::Runtime;
 
 /// How `shoal daemon` was asked to run.
 #[derive(Debug, Clone)]
@@ -28,11 +44,124 @@ pub enum DaemonError {
     Run(String),
 }
 
+/// The path of the local socket under a run root.
+pub fn socket_path(run_root: &Path) -> PathBuf {
+    run_root.join("shoal.sock")
+}
+
 /// Runs the daemon until `shutdown` resolves.
 pub async fn run(
     opts: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
-    let _ = (opts, shutdown);
-    Err(DaemonError::Run("not built yet".into()))
+    let config = check(&opts)?;
+    let socket = socket_path(&opts.run_root);
+    let _lock = lock_data_root(&opts.data_root)?;
+    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        return Err(DaemonError::Config(format!(
+            "another shoal daemon is already serving {}: stop it first, or give this one another --run-root and --data-root",
+            socket.display()
+        )));
+    }
+    let _ = std::fs::remove_file(&socket);
+
+    let images = Arc::new(
+        ImageStore::open(&opts.data_root.join("image"))
+            .map_err(|e| DaemonError::Config(format!("opening the image store: {e}")))?,
+    );
+    let network = Arc::new(
+        shoal_netoverlay::bridge::BridgeNetwork::open(&opts.run_root.join("net"))
+            .await
+            .map_err(|e| DaemonError::Config(format!("opening the bridge network: {e}")))?,
+    );
+    let engine = Engine::open(config, images.clone(), network)
+        .await
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+
+    let listener = UnixListener::bind(&socket).map_err(|e| {
+        DaemonError::Config(format!("listening on {}: {e}", socket.display()))
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
+    tracing::info!(socket = %socket.display(), runtime = %opts.runtime, "shoal daemon ready");
+
+    let result = tonic::transport::Server::builder()
+        .add_service(ContainersServer::new(containers::ContainersService {
+            engine: engine.clone(),
+        }))
+        .add_service(ImagesServer::new(images::ImagesService {
+            engine: engine.clone(),
+            insecure_registries: opts.insecure_registries.clone(),
+        }))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("shoal daemon stopped; containers keep running under their shims");
+    result.map_err(|e| DaemonError::Run(format!("serving the API: {e}")))
+}
+
+/// Validates the options and makes the directories.
+fn check(opts: &DaemonOptions) -> Result<EngineConfig, DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::Config(
+            "shoal daemon needs root (namespaces, mounts, cgroups, network): run it with sudo"
+                .into(),
+        ));
+    }
+    for (flag, dir) in [("--data-root", &opts.data_root), ("--run-root", &opts.run_root)] {
+        if !dir.is_absolute() {
+            return Err(DaemonError::Config(format!(
+                "{flag} {} is not an absolute path: give a full path such as /var/lib/shoal",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| {
+            DaemonError::Config(format!("{flag} {}: cannot create it: {e}", dir.display()))
+        })?;
+    }
+    let runtime =
+        Runtime::resolve(&opts.runtime).map_err(|e| DaemonError::Config(e.to_string()))?;
+    if opts.cgroup_parent.is_empty()
+        || opts.cgroup_parent.starts_with('/')
+        || opts.cgroup_parent.split('/').any(|p| p.is_empty() || p == "..")
+    {
+        return Err(DaemonError::Config(format!(
+            "invalid --cgroup-parent \"{}\": use a relative path such as shoal or lab/host1",
+            opts.cgroup_parent
+        )));
+    }
+    let self_exe = std::env::current_exe()
+        .map_err(|e| DaemonError::Config(format!("finding the shoal binary: {e}")))?;
+    Ok(EngineConfig {
+        data_root: opts.data_root.clone(),
+        run_root: opts.run_root.clone(),
+        runtime,
+        cgroup_parent: opts.cgroup_parent.clone(),
+        self_exe,
+    })
+}
+
+/// Takes an exclusive lock on the data root, so two daemons never share one.
+fn lock_data_root(data_root: &Path) -> Result<std::fs::File, DaemonError> {
+    let path = data_root.join("shoal.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DaemonError::Config(format!("opening {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor this function owns; the lock lives as long as the file.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        return Err(DaemonError::Config(format!(
+            "--data-root {} is in use by another shoal daemon: stop it, or give this one another data root",
+            data_root.display()
+        )));
+    }
+    Ok(file)
 }

@@ -50,6 +50,7 @@ pub fn main(args: &[OsString]) -> i32 {
 
 fn run(path: &Path) -> Result<i32, RuntimeError> {
     let raw = std::fs::read(path).map_err(|e| RuntimeError::io("reading exec request", e))?;
+    let _ = std::fs::remove_file(path);
     let req: ExecRequest =
         serde_json::from_slice(&raw).map_err(|e| RuntimeError::Spec(e.to_string()))?;
     let prepared = PreparedProcess::new(&req.process, req.seccomp.as_ref())?;
