@@ -3,6 +3,7 @@
 //! until it execs; the daemon, which is multi-threaded, never forks into a container.
 
 pub mod exec;
+pub mod run_bundle;
 pub mod mounts;
 pub mod process;
 

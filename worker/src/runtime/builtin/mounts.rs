@@ -125,7 +125,25 @@ pub fn prepare_root(rootfs: &Path) -> Result<(), RuntimeError> {
 pub fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RuntimeError> {
     let dest = secure_join(rootfs, m.destination());
     let opts = parse_options(m.options().as_deref().unwrap_or_default());
-    let typ = m.typ().clone().unwrap_or_default();
+    let mut typ = m.typ().clone().unwrap_or_default();
+    if typ == "cgroup" || typ == "cgroup2" {
+        // A cgroup v2 host gets its cgroup2 filesystem; on a v1 or hybrid host the
+        // container sees an empty, read-only /sys/fs/cgroup (as a rootless runc does).
+        if host_is_cgroup2() {
+            typ = "cgroup2".into();
+        } else {
+            std::fs::create_dir_all(&dest)
+                .map_err(|e| RuntimeError::io(format!("creating {}", dest.display()), e))?;
+            return mount(
+                Some("tmpfs"),
+                &dest,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=755"),
+            )
+            .map_err(sys(format!("mounting {}", m.destination().display())));
+        }
+    }
     let source: PathBuf = m.source().clone().unwrap_or_else(|| typ.clone().into());
     let is_bind = opts.bind || typ == "bind";
     let source_is_file = is_bind && source.metadata().map(|m| !m.is_dir()).unwrap_or(false);
@@ -167,6 +185,13 @@ pub fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RuntimeError> {
             .map_err(sys(what))?;
     }
     Ok(())
+}
+
+/// Whether the host's /sys/fs/cgroup is a cgroup v2 filesystem (unified layout).
+fn host_is_cgroup2() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
 }
 
 /// Creates the device nodes every container has, and the usual links in `/dev`.
