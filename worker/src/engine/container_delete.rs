@@ -42,6 +42,7 @@ impl Engine {
             }
         }
         self.store.delete(&record.id)?;
+        self.bury(&entry.snapshot());
         self.containers
             .lock()
             .expect("containers lock poisoned")

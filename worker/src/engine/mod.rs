@@ -112,7 +112,13 @@ pub struct Engine {
     pub(crate) network: Arc<BridgeNetwork>,
     pub(crate) store: record::RecordStore,
     pub(crate) containers: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Exit codes of containers removed in the last few minutes, so a `wait` that races
+    /// with `--rm` still gets its answer: (id, name, exit code, removed at).
+    pub(crate) removed: Mutex<Vec<(String, String, i32, std::time::Instant)>>,
 }
+
+/// How long a removed container's exit code stays known to `wait`.
+const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Engine {
     /// Opens the engine's state and re-attaches to running containers.
@@ -138,6 +144,7 @@ impl Engine {
             network,
             store,
             containers: Mutex::new(HashMap::new()),
+            removed: Mutex::new(Vec::new()),
         });
         engine.restore().await?;
         Ok(engine)
@@ -234,7 +241,10 @@ impl Engine {
 
     /// Waits until the container has exited and returns its exit code.
     pub async fn wait(&self, key: &str) -> Result<i32, EngineError> {
-        let entry = self.find(key)?;
+        let entry = match self.find(key) {
+            Ok(e) => e,
+            Err(e) => return self.removed_exit_code(key).ok_or(e),
+        };
         let mut rx = entry.changed.subscribe();
         loop {
             let r = entry.snapshot();
@@ -248,6 +258,29 @@ impl Engine {
                 )));
             }
         }
+    }
+}
+
+impl Engine {
+    /// Remembers the exit code of a container being removed.
+    pub(crate) fn bury(&self, record: &ContainerRecord) {
+        let mut removed = self.removed.lock().expect("tombstones lock poisoned");
+        removed.retain(|t| t.3.elapsed() < TOMBSTONE_TTL);
+        removed.push((
+            record.id.clone(),
+            record.name.clone(),
+            record.exit_code().unwrap_or(137),
+            std::time::Instant::now(),
+        ));
+    }
+
+    fn removed_exit_code(&self, key: &str) -> Option<i32> {
+        let removed = self.removed.lock().expect("tombstones lock poisoned");
+        removed
+            .iter()
+            .rev()
+            .find(|t| t.3.elapsed() < TOMBSTONE_TTL && (t.1 == key || (key.len() >= 4 && t.0.starts_with(key))))
+            .map(|t| t.2)
     }
 }
 

@@ -96,6 +96,7 @@ impl PreparedProcess {
     /// Applies everything and replaces the current process with the container's program.
     /// Runs in a forked, single-threaded child whose root is already the container's.
     pub fn exec(&self) -> Result<Infallible, RuntimeError> {
+        reset_signals();
         for (res, soft, hard) in &self.rlimits {
             setrlimit(*res, *soft, *hard).map_err(|e| RuntimeError::sys("setrlimit", e))?;
         }
@@ -151,6 +152,21 @@ impl PreparedProcess {
             Err(e) => e,
         };
         Err(exec_error(&self.args[0], err))
+    }
+}
+
+/// Gives the program the signal state a fresh process has: nothing blocked (the shim blocks
+/// SIGCHLD for its signalfd) and default dispositions (Rust ignores SIGPIPE at start-up, and
+/// an ignored signal stays ignored across exec).
+fn reset_signals() {
+    use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
+    let _ = SigSet::empty().thread_set_mask();
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing the default disposition runs no handler code of ours.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
 }
 
