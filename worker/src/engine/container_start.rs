@@ -11,7 +11,7 @@ use oci_spec::runtime::{
 use shoal_netoverlay::bridge::{Protocol, PublishedPort};
 
 use super::record::{ContainerRecord, State};
-use super::{Engine, EngineError, Entry, now_nanos, rootfs};
+use super::{Engine, EngineError, now_nanos, rootfs};
 use crate::runtime::Runtime;
 use crate::runtime::spec::{EtcFile, NetworkNamespace, SpecParams};
 use crate::shim::{ShimConfig, StartReport};
@@ -318,7 +318,7 @@ fn published_ports(spec: &shoal_api::engine::ContainerSpec) -> Result<Vec<Publis
 /// Cgroup limits from the user's resources.
 fn resources(spec: &shoal_api::engine::ContainerSpec) -> Result<LinuxResources, EngineError> {
     let bad = |e: oci_spec::OciSpecError| EngineError::Internal(e.to_string());
-    let r = spec.resources.clone().unwrap_or_default();
+    let r = spec.resources.unwrap_or_default();
     let mut b = LinuxResourcesBuilder::default();
     if r.memory_bytes > 0 {
         b = b.memory(

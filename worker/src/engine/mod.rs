@@ -165,7 +165,7 @@ impl Engine {
             .map(|e| e.snapshot())
             .filter(|r| all || r.is_running())
             .collect();
-        out.sort_by(|a, b| b.created_unix_nanos.cmp(&a.created_unix_nanos));
+        out.sort_by_key(|r| std::cmp::Reverse(r.created_unix_nanos));
         out
     }
 

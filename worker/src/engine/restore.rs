@@ -74,8 +74,10 @@ impl Engine {
     pub(crate) fn watch_shim(self: &Arc<Self>, entry: Arc<Entry>, shim_pid: i32) {
         let engine = self.clone();
         tokio::spawn(async move {
+            // SAFETY: the pidfd is owned by the AsyncFd for its whole registration and is
+            // closed only when the AsyncFd drops.
             if let Some(fd) = pidfd_open(shim_pid)
-                && let Ok(afd) = AsyncFd::new(fd)
+                && let Ok(afd) = unsafe { AsyncFd::register(fd) }
             {
                 // A pidfd turns readable when the process exits.
                 let _ = afd.readable().await;

@@ -22,7 +22,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-pub use self::config::{ExitRecord, ShimConfig, StartReport};
+pub use self::config::{ExitRecord, ShimConfig, StartReport, now_nanos};
 use self::io::LineSplitter;
 use crate::cgroups::{Cgroup, Layout};
 use crate::logs::Stream;

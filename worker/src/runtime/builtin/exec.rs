@@ -84,9 +84,7 @@ fn run(path: &Path) -> Result<i32, RuntimeError> {
     // SAFETY: this helper is single-threaded; fork gives the child a full copy.
     match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::sys("fork", e))? {
         nix::unistd::ForkResult::Child => {
-            let err = match prepared.exec() {
-                Err(e) => e,
-            };
+            let Err(err) = prepared.exec();
             let code = match &err {
                 RuntimeError::Start { exit_code, .. } => *exit_code,
                 _ => 126,

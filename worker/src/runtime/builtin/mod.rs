@@ -162,9 +162,7 @@ pub fn create(
 }
 
 fn child(prepared: Prepared, sync_r: OwnedFd, err_w: OwnedFd, stdio: Stdio) -> ! {
-    let err = match child_setup(&prepared, sync_r, stdio) {
-        Err(e) => e,
-    };
+    let Err(err) = child_setup(&prepared, sync_r, stdio);
     let code = match &err {
         RuntimeError::Start { exit_code, .. } => *exit_code,
         _ => 1,

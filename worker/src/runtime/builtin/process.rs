@@ -148,9 +148,7 @@ impl PreparedProcess {
             .iter()
             .map(|a| cstring(a, "argument"))
             .collect::<Result<Vec<_>, _>>()?;
-        let err = match nix::unistd::execve(&program, &argv, &self.env) {
-            Err(e) => e,
-        };
+        let Err(err) = nix::unistd::execve(&program, &argv, &self.env);
         Err(exec_error(&self.args[0], err))
     }
 }
