@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, LinuxResources,
-    LinuxSeccomp, Mount, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    LinuxSeccomp, Mount, ProcessBuilder, RootBuilder, Spec,
     UserBuilder,
 };
 
@@ -75,14 +75,8 @@ pub fn build(p: &SpecParams) -> Result<Spec, RuntimeError> {
         .additional_gids(p.user.additional_gids.clone())
         .build()
         .map_err(bad)?;
-    let rlimits = vec![
-        PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .soft(nofile_limit())
-            .hard(nofile_limit())
-            .build()
-            .map_err(bad)?,
-    ];
+    // No rlimits: containers inherit the daemon's, as with Docker's defaults (raising a
+    // hard limit needs CAP_SYS_RESOURCE, which not every host grants even to root).
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
@@ -90,7 +84,6 @@ pub fn build(p: &SpecParams) -> Result<Spec, RuntimeError> {
         .env(p.env.clone())
         .cwd(p.cwd.clone())
         .capabilities(p.capabilities.clone())
-        .rlimits(rlimits)
         .no_new_privileges(p.no_new_privileges)
         .build()
         .map_err(bad)?;
@@ -244,15 +237,6 @@ fn readonly_paths() -> Vec<String> {
     .into_iter()
     .map(String::from)
     .collect()
-}
-
-/// The open-files limit containers get: a million when the kernel allows it.
-fn nofile_limit() -> u64 {
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(1_048_576);
-    nr_open.min(1_048_576)
 }
 
 /// Reads the spec of a bundle.

@@ -263,6 +263,7 @@ fn external_error(name: &str, verb: &str, log: &Path) -> RuntimeError {
         .unwrap_or_else(|| text.lines().last().unwrap_or("no message").to_string());
     // runc words a missing command as "exec: \"x\": executable file not found in $PATH".
     let exit_code = if message.contains("executable file not found")
+        || message.contains("not found in $PATH")
         || message.contains("no such file or directory")
     {
         127
@@ -271,10 +272,12 @@ fn external_error(name: &str, verb: &str, log: &Path) -> RuntimeError {
     } else {
         125
     };
-    RuntimeError::Start {
-        message: format!("{name} {verb}: {message}"),
-        exit_code,
-    }
+    let message = if message.starts_with(name) {
+        message
+    } else {
+        format!("{name} {verb}: {message}")
+    };
+    RuntimeError::Start { message, exit_code }
 }
 
 /// Removes what an external runtime keeps about the container.
