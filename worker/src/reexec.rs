@@ -7,11 +7,9 @@ pub fn dispatch() -> Option<i32> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
         Some(crate::shim::SUBCOMMAND) => Some(crate::shim::main(&args[2..])),
-        #[cfg(any())] // the builtin runtime waits for the security module
         Some(crate::runtime::builtin::exec::SUBCOMMAND) => {
             Some(crate::runtime::builtin::exec::main(&args[2..]))
         }
-        #[cfg(any())]
         Some(crate::runtime::builtin::run_bundle::SUBCOMMAND) => {
             Some(crate::runtime::builtin::run_bundle::main(&args[2..]))
         }

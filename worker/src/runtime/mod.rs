@@ -3,7 +3,6 @@
 //! spec in the shim's own forked child, or an external OCI runtime binary (runc, crun, ...),
 //! which gets exactly the same bundle.
 
-#[cfg(any())] // waiting for the security module
 pub mod builtin;
 pub mod external;
 pub mod fsutil;
@@ -146,7 +145,10 @@ mod tests {
         let sh = Runtime::resolve("sh").unwrap();
         assert!(matches!(sh, Runtime::External { ref name, .. } if name == "sh"));
         let err = Runtime::resolve("no-such-runtime-xyz").unwrap_err();
-        assert!(err.to_string().contains("runtime \"no-such-runtime-xyz\" not found"));
+        assert!(
+            err.to_string()
+                .contains("runtime \"no-such-runtime-xyz\" not found")
+        );
         assert!(Runtime::resolve("/nonexistent/runc").is_err());
     }
 }

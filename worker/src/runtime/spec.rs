@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, LinuxResources,
-    LinuxSeccomp, Mount, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    LinuxSeccomp, Mount, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use super::RuntimeError;
@@ -201,7 +200,12 @@ fn default_mounts(network: &NetworkNamespace) -> Vec<Mount> {
             "/sys",
             &["rbind", "nosuid", "noexec", "nodev", "ro"],
         ),
-        _ => mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        _ => mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
     });
     m
 }
@@ -284,7 +288,11 @@ mod tests {
         assert!(nss.iter().any(|n| n["type"] == "pid"));
         let mounts = json["mounts"].as_array().unwrap();
         assert!(mounts.iter().any(|m| m["destination"] == "/etc/hosts"));
-        assert!(mounts.iter().any(|m| m["destination"] == "/sys" && m["type"] == "sysfs"));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["destination"] == "/sys" && m["type"] == "sysfs")
+        );
     }
 
     #[test]
@@ -295,6 +303,10 @@ mod tests {
         let nss = json["linux"]["namespaces"].as_array().unwrap();
         assert!(!nss.iter().any(|n| n["type"] == "network"));
         let mounts = json["mounts"].as_array().unwrap();
-        assert!(mounts.iter().any(|m| m["destination"] == "/sys" && m["type"] == "bind"));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["destination"] == "/sys" && m["type"] == "bind")
+        );
     }
 }

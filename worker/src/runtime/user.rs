@@ -21,8 +21,8 @@ pub struct ResolvedUser {
 
 /// Resolves `spec` against the files of the root filesystem at `rootfs`.
 pub fn resolve(rootfs: &Path, spec: &str) -> Result<ResolvedUser, RuntimeError> {
-    let passwd = std::fs::read_to_string(secure_join(rootfs, Path::new("/etc/passwd")))
-        .unwrap_or_default();
+    let passwd =
+        std::fs::read_to_string(secure_join(rootfs, Path::new("/etc/passwd"))).unwrap_or_default();
     let group =
         std::fs::read_to_string(secure_join(rootfs, Path::new("/etc/group"))).unwrap_or_default();
     resolve_in(&passwd, &group, spec)
@@ -112,7 +112,10 @@ mod tests {
         let r = resolve_in(PASSWD, GROUP, "").unwrap();
         assert_eq!((r.uid, r.gid), (0, 0));
         let r = resolve_in(PASSWD, GROUP, "app").unwrap();
-        assert_eq!((r.uid, r.gid, r.additional_gids.clone()), (1000, 1000, vec![10]));
+        assert_eq!(
+            (r.uid, r.gid, r.additional_gids.clone()),
+            (1000, 1000, vec![10])
+        );
         assert_eq!(r.home.as_deref(), Some("/home/app"));
         let r = resolve_in(PASSWD, GROUP, "nobody:nogroup").unwrap();
         assert_eq!((r.uid, r.gid), (65534, 65534));
@@ -129,7 +132,9 @@ mod tests {
         let e = resolve_in(PASSWD, GROUP, "ghost").unwrap_err().to_string();
         assert!(e.contains("unable to find user ghost"), "{e}");
         assert!(e.contains("numeric uid"), "{e}");
-        let e = resolve_in(PASSWD, GROUP, "app:ghosts").unwrap_err().to_string();
+        let e = resolve_in(PASSWD, GROUP, "app:ghosts")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unable to find group ghosts"), "{e}");
     }
 }

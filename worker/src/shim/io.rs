@@ -64,13 +64,23 @@ impl LineSplitter {
 
     fn write(&mut self, now: time::OffsetDateTime, partial: bool, start: usize, end: usize) {
         // A full disk must not kill the container's supervisor; the line is lost.
-        let _ = write_record(&mut self.log, now, self.stream, partial, &self.buf[start..end]);
+        let _ = write_record(
+            &mut self.log,
+            now,
+            self.stream,
+            partial,
+            &self.buf[start..end],
+        );
     }
 }
 
 /// Sends the shim's stderr to a file, for its own diagnostics.
 pub fn redirect_stderr(path: &Path) {
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         // SAFETY: dup2 onto fd 2 of this single-threaded process.
         unsafe { libc::dup2(f.as_raw_fd(), 2) };
     }

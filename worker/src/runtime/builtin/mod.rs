@@ -3,9 +3,9 @@
 //! until it execs; the daemon, which is multi-threaded, never forks into a container.
 
 pub mod exec;
-pub mod run_bundle;
 pub mod mounts;
 pub mod process;
+pub mod run_bundle;
 
 use std::convert::Infallible;
 use std::io::{Read, Write};

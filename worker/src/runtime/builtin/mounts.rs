@@ -160,10 +160,15 @@ pub fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RuntimeError> {
         std::fs::create_dir_all(&dest)
             .map_err(|e| RuntimeError::io(format!("creating {}", dest.display()), e))?;
     }
-    let what = format!("mounting {} on {}", source.display(), m.destination().display());
+    let what = format!(
+        "mounting {} on {}",
+        source.display(),
+        m.destination().display()
+    );
     if is_bind {
         let flags = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-        mount(Some(&source), &dest, None::<&str>, flags, None::<&str>).map_err(sys(what.clone()))?;
+        mount(Some(&source), &dest, None::<&str>, flags, None::<&str>)
+            .map_err(sys(what.clone()))?;
         let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
             mount(
@@ -181,8 +186,14 @@ pub fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RuntimeError> {
             .map_err(sys(what.clone()))?;
     }
     if !opts.propagation.is_empty() {
-        mount(None::<&str>, &dest, None::<&str>, opts.propagation, None::<&str>)
-            .map_err(sys(what))?;
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(sys(what))?;
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub struct PreparedProcess {
     rlimits: Vec<(Resource, u64, u64)>,
     no_new_privs: bool,
     caps: Option<PreparedCaps>,
-    seccomp: Option<seccompiler::BpfProgram>,
+    seccomp: Option<crate::security::seccomp::CompiledSeccomp>,
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString, RuntimeError> {
@@ -127,7 +127,10 @@ impl PreparedProcess {
         if self.no_new_privs {
             // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-                return Err(RuntimeError::sys("setting no_new_privs", nix::Error::last()));
+                return Err(RuntimeError::sys(
+                    "setting no_new_privs",
+                    nix::Error::last(),
+                ));
             }
             if let Some(prog) = &self.seccomp {
                 crate::security::seccomp::install(prog)
@@ -248,13 +251,13 @@ mod tests {
         match e {
             RuntimeError::Start { message, exit_code } => {
                 assert_eq!(exit_code, 127);
-                assert!(message.contains("executable file not found in $PATH"), "{message}");
+                assert!(
+                    message.contains("executable file not found in $PATH"),
+                    "{message}"
+                );
             }
             other => panic!("unexpected {other}"),
         }
-        assert_eq!(
-            find_program("/x/y", "").unwrap().to_str().unwrap(),
-            "/x/y"
-        );
+        assert_eq!(find_program("/x/y", "").unwrap().to_str().unwrap(), "/x/y");
     }
 }

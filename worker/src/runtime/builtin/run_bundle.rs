@@ -73,12 +73,14 @@ fn run(bundle: &Path, id: &str) -> Result<i32, RuntimeError> {
             .add_process(pid)
             .map_err(|e| RuntimeError::Spec(e.to_string()))
     });
-    let result = started.and_then(|pid| loop {
-        match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, code)) => break Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(e) => break Err(RuntimeError::sys("waiting for the container", e)),
+    let result = started.and_then(|pid| {
+        loop {
+            match waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => break Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(e) => break Err(RuntimeError::sys("waiting for the container", e)),
+            }
         }
     });
     let _ = cgroup.destroy();
