@@ -1,0 +1,249 @@
+//! Tests of the image store with archives built in the test.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use super::*;
+
+fn tar_with(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn store() -> (tempfile::TempDir, ImageStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ImageStore::open(&dir.path().join("image")).unwrap();
+    (dir, s)
+}
+
+fn r(s: &str) -> Reference {
+    Reference::parse(s).unwrap()
+}
+
+fn docker_save(layer: &[u8], tags: &[&str], corrupt: bool) -> Vec<u8> {
+    let diff_id = digest_of(layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Cmd": ["/bin/app"], "Env": ["A=1"] },
+        "rootfs": { "type": "layers", "diff_ids": [if corrupt { digest_of(b"other") } else { diff_id }] }
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!([{
+        "Config": "config.json", "RepoTags": tags, "Layers": ["abc/layer.tar"]
+    }]))
+    .unwrap();
+    tar_with(&[
+        ("manifest.json", &manifest),
+        ("config.json", &config),
+        ("abc/layer.tar", layer),
+    ])
+}
+
+#[test]
+fn import_makes_a_one_layer_image() {
+    let (_d, s) = store();
+    let rootfs = tar_with(&[("bin/app", b"#!/bin/sh\n")]);
+    let img = s.import_rootfs(&rootfs[..], &r("myimg:1")).unwrap();
+    assert_eq!(img.layers.len(), 1);
+    assert_eq!(img.layers[0].diff_id, digest_of(&rootfs));
+    assert_eq!(
+        img.references,
+        vec!["docker.io/library/myimg:1".to_string()]
+    );
+    let cfg = s.config(&img).unwrap();
+    assert_eq!(cfg.rootfs().diff_ids(), &vec![digest_of(&rootfs)]);
+    assert!(cfg.config().as_ref().unwrap().env().as_ref().unwrap()[0].starts_with("PATH="));
+    assert_eq!(s.resolve("myimg:1").unwrap().id, img.id);
+    assert_eq!(s.resolve(&img.id[7..19]).unwrap().id, img.id);
+    let dirs = s.layer_dirs(&img).unwrap();
+    assert_eq!(
+        std::fs::read(dirs[0].join("bin/app")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    // Importing again under the same name moves the name to the new image.
+    let again = s.import_rootfs(&rootfs[..], &r("myimg:1")).unwrap();
+    assert_eq!(
+        again.references,
+        vec!["docker.io/library/myimg:1".to_string()]
+    );
+    assert_eq!(s.resolve("myimg:1").unwrap().id, again.id);
+}
+
+#[test]
+fn import_rejects_what_is_not_a_tar() {
+    let (_d, s) = store();
+    let e = s
+        .import_rootfs(&b"hello, not a tar"[..], &r("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a tar archive"), "{e}");
+    let e = s.import_rootfs(&b""[..], &r("x")).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    assert!(s.list().unwrap().is_empty());
+}
+
+#[test]
+fn loads_docker_save_archives_and_checks_digests() {
+    let (_d, s) = store();
+    let layer = tar_with(&[("app", b"binary")]);
+    let imgs = s
+        .load_archive(&docker_save(&layer, &["team/app:v1"], false)[..])
+        .unwrap();
+    assert_eq!(imgs.len(), 1);
+    let img = s.resolve("team/app:v1").unwrap();
+    let cfg = s.config(&img).unwrap();
+    assert_eq!(
+        cfg.config().as_ref().unwrap().cmd().as_ref().unwrap(),
+        &vec!["/bin/app".to_string()]
+    );
+    let e = s
+        .load_archive(&docker_save(&layer, &["bad:1"], true)[..])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("digest mismatch"), "{e}");
+    assert!(s.resolve("bad:1").is_err());
+}
+
+#[test]
+fn loads_oci_layouts() {
+    let (_d, s) = store();
+    let layer = tar_with(&[("hello", b"world")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer).unwrap();
+    let layer_gz = gz.finish().unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [digest_of(&layer)] }
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(&config), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest_of(&layer_gz), "size": layer_gz.len() }]
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest_of(&manifest), "size": manifest.len(),
+                        "annotations": { "io.containerd.image.name": "localhost:5000/oci/app:2" } }]
+    }))
+    .unwrap();
+    let blob = |d: &[u8]| format!("blobs/sha256/{}", &digest_of(d)[7..]);
+    let (b1, b2, b3) = (blob(&config), blob(&manifest), blob(&layer_gz));
+    let archive = tar_with(&[
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("index.json", &index),
+        (&b1, &config),
+        (&b2, &manifest),
+        (&b3, &layer_gz),
+    ]);
+    let imgs = s.load_archive(&archive[..]).unwrap();
+    assert_eq!(
+        imgs[0].references,
+        vec!["localhost:5000/oci/app:2".to_string()]
+    );
+    let dirs = s.layer_dirs(&imgs[0]).unwrap();
+    assert_eq!(std::fs::read(dirs[0].join("hello")).unwrap(), b"world");
+    let e = s
+        .load_archive(&tar_with(&[("random.txt", b"x")])[..])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not an image archive"), "{e}");
+}
+
+#[test]
+fn remove_untags_then_deletes_unless_in_use() {
+    let (_d, s) = store();
+    let layer = tar_with(&[("f", b"1")]);
+    let img = s
+        .load_archive(&docker_save(&layer, &["a", "b"], false)[..])
+        .unwrap()
+        .remove(0);
+    assert_eq!(s.resolve("a").unwrap().references.len(), 2);
+    let out = s.remove("a", false, &|_| true).unwrap();
+    assert_eq!(out.untagged, vec!["a:latest".to_string()]);
+    assert!(out.deleted.is_empty());
+    let e = s
+        .remove("b", false, &|id| id == img.id)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in use"), "{e}");
+    s.layer_dirs(&img).unwrap();
+    let out = s.remove("b", false, &|_| false).unwrap();
+    assert_eq!(out.deleted.len(), 3, "config, manifest, layer");
+    assert!(s.list().unwrap().is_empty());
+    assert!(!s.has_blob(&img.id));
+    let e = s.resolve("b").unwrap_err().to_string();
+    assert!(e.contains("not found"), "{e}");
+}
+
+#[test]
+fn put_blob_verifies() {
+    let (_d, s) = store();
+    let d = s.put_blob(&b"abc"[..], Some(&digest_of(b"abc"))).unwrap();
+    assert!(s.has_blob(&d));
+    let e = s
+        .put_blob(&b"abc"[..], Some(&digest_of(b"abd")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("digest mismatch"), "{e}");
+}
+
+/// Real overlayfs: a whiteout in the upper layer hides a file of the lower one.
+#[test]
+fn whiteouts_hide_lower_files_through_overlayfs() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: overlayfs mounts need root");
+        return;
+    }
+    let (d, s) = store();
+    let lower = tar_with(&[("keep", b"1"), ("gone", b"2")]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_data(&mut h, ".wh.gone", &b""[..]).unwrap();
+    let upper = b.into_inner().unwrap();
+    let l1 = s.import_rootfs(&lower[..], &r("l1")).unwrap();
+    let l2 = s.import_rootfs(&upper[..], &r("l2")).unwrap();
+    let lower_dir = s.layer_dirs(&l1).unwrap().remove(0);
+    let upper_dir = s.layer_dirs(&l2).unwrap().remove(0);
+    let target = d.path().join("merged");
+    std::fs::create_dir_all(&target).unwrap();
+    let data = format!("lowerdir={}:{}", upper_dir.display(), lower_dir.display());
+    nix::mount::mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(data.as_str()),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _guard = Unmount(target.clone());
+    assert!(target.join("keep").exists());
+    assert!(
+        !target.join("gone").exists(),
+        "the whiteout hides the lower file"
+    );
+}
