@@ -1,1 +1,200 @@
-fn main() {}
+//! `shoal`: the node daemon and the command-line client in one binary.
+
+mod args;
+mod client;
+mod container_cmd;
+mod image_cmd;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::args::UsageError;
+use crate::client::Host;
+
+/// The exit code of a command that failed on the daemon's side.
+const EXIT_FAILURE: i32 = 1;
+/// The exit code of a usage error (sysexits' EX_USAGE).
+const EXIT_USAGE: i32 = 64;
+
+/// Ends the process with a given code, after printing nothing more (the container's own
+/// exit code of a foreground run, for example).
+#[derive(Debug)]
+pub struct ExitCode(pub i32);
+
+impl std::fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitCode {}
+
+/// An error with its own exit code (125, 126, 127 for a failed `run`).
+#[derive(Debug)]
+pub struct CodedError(pub i32, pub String);
+
+impl std::fmt::Display for CodedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for CodedError {}
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "A cluster orchestrator: node daemon and client in one binary")]
+struct Cli {
+    /// The daemon to talk to: a socket path, unix:///PATH or tcp://HOST:PORT.
+    #[arg(short = 'H', long = "host", global = true, env = "SHOAL_HOST", default_value = client::DEFAULT_SOCKET)]
+    host: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node daemon.
+    Daemon(DaemonArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(container_cmd::ContainerCommand),
+    /// Run a container (shoal container run).
+    Run(container_cmd::RunArgs),
+    /// List containers (shoal container ls).
+    Ps(container_cmd::LsArgs),
+    /// Show a container's logs (shoal container logs).
+    Logs(container_cmd::LogsArgs),
+    /// Run a command in a running container (shoal container exec).
+    Exec(container_cmd::ExecArgs),
+    /// Stop containers (shoal container stop).
+    Stop(container_cmd::StopArgs),
+    /// Signal containers (shoal container kill).
+    Kill(container_cmd::KillArgs),
+    /// Remove containers (shoal container rm).
+    Rm(container_cmd::RmArgs),
+    /// List images (shoal image ls).
+    Images(image_cmd::LsArgs),
+    /// Pull an image (shoal image pull).
+    Pull(image_cmd::PullArgs),
+    /// Push an image (shoal image push).
+    Push(image_cmd::PushArgs),
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// Persistent state: images, containers, layers.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    data_root: PathBuf,
+    /// Volatile state: the socket, shims, network namespaces.
+    #[arg(long, default_value = "/run/shoal")]
+    run_root: PathBuf,
+    /// `builtin`, or an OCI runtime binary: runc, crun, or a path.
+    #[arg(long, default_value = "builtin")]
+    runtime: String,
+    /// The cgroup every container's cgroup goes under.
+    #[arg(long, default_value = "shoal")]
+    cgroup_parent: String,
+    /// A registry (HOST:PORT) to reach over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() {
+    if let Some(code) = shoal_worker::reexec::dispatch() {
+        std::process::exit(code);
+    }
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => report(e),
+    };
+    std::process::exit(code);
+}
+
+/// Prints an error once and picks the exit code.
+fn report(e: anyhow::Error) -> i32 {
+    if let Some(ExitCode(c)) = e.downcast_ref::<ExitCode>() {
+        return *c;
+    }
+    eprintln!("error: {e}");
+    if e.downcast_ref::<UsageError>().is_some() {
+        return EXIT_USAGE;
+    }
+    if let Some(CodedError(c, _)) = e.downcast_ref::<CodedError>() {
+        return *c;
+    }
+    EXIT_FAILURE
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Daemon(a) => runtime.block_on(daemon(a)),
+        command => {
+            let host = Host::parse(&cli.host)?;
+            runtime.block_on(client_command(host, command))
+        }
+    }
+}
+
+async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
+    use container_cmd::ContainerCommand as C;
+    use image_cmd::ImageCommand as I;
+    match command {
+        Command::Daemon(_) => unreachable!("handled before"),
+        Command::Image(c) => image_cmd::run(&host, c).await,
+        Command::Container(c) => container_cmd::run(&host, c).await,
+        Command::Run(a) => container_cmd::run(&host, C::Run(a)).await,
+        Command::Ps(a) => container_cmd::run(&host, C::Ls(a)).await,
+        Command::Logs(a) => container_cmd::run(&host, C::Logs(a)).await,
+        Command::Exec(a) => container_cmd::run(&host, C::Exec(a)).await,
+        Command::Stop(a) => container_cmd::run(&host, C::Stop(a)).await,
+        Command::Kill(a) => container_cmd::run(&host, C::Kill(a)).await,
+        Command::Rm(a) => container_cmd::run(&host, C::Rm(a)).await,
+        Command::Images(a) => image_cmd::run(&host, I::Ls(a)).await,
+        Command::Pull(a) => image_cmd::run(&host, I::Pull(a)).await,
+        Command::Push(a) => image_cmd::run(&host, I::Push(a)).await,
+    }
+}
+
+async fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level).map_err(|_| {
+        UsageError(format!(
+            "invalid --log-level \"{}\": use error, warn, info, debug or trace",
+            a.log_level
+        ))
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = shoal_worker::daemon::DaemonOptions {
+        data_root: a.data_root,
+        run_root: a.run_root,
+        runtime: a.runtime,
+        cgroup_parent: a.cgroup_parent,
+        insecure_registries: a.insecure_registries,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    shoal_worker::daemon::run(opts, shutdown).await.map_err(|e| match e {
+        shoal_worker::daemon::DaemonError::Config(m) => anyhow::Error::new(CodedError(EXIT_USAGE, m)),
+        other => anyhow::anyhow!(other),
+    })
+}

@@ -5,3 +5,4 @@ pub mod bridge;
 pub mod ipam;
 pub mod netns;
 pub mod nft;
+mod proxy;

@@ -9,13 +9,7 @@
 //! - [`daemon`]: the engine's gRPC service on the local socket.
 
 pub mod cgroups;
-// The daemon and the engine wait for the image, network, cgroups and security modules.
-#[cfg(any())]
 pub mod daemon;
-/// Stand-in until the real daemon module compiles.
-#[path = "daemon_stub.rs"]
-pub mod daemon;
-#[cfg(any())]
 pub mod engine;
 pub mod image;
 pub mod logs;
