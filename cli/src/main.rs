@@ -177,6 +177,7 @@ async fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let opts = shoal_worker::daemon::DaemonOptions {
         data_root: a.data_root,

@@ -185,13 +185,15 @@ fn stop_signal_then_kill(rt: &str) {
 fn logs_tail_and_follow(rt: &str) {
     require_kernel!();
     let Some(d) = daemon(rt) else { return };
-    let script = "for i in 1 2 3; do echo out$i; echo err$i >&2; done";
+    let script = "for i in 1 2 3; do echo out$i; echo err$i >&2; done; sleep 0.3; echo last";
     let r = d.shoal(&["container", "run", "--network", "none", "--name", "talker", IMG, "sh", "-c", script]).ok();
-    assert_eq!(r.stdout, "out1\nout2\nout3\n", "foreground run streams stdout");
+    assert_eq!(r.stdout, "out1\nout2\nout3\nlast\n", "foreground run streams stdout");
     assert_eq!(r.stderr, "err1\nerr2\nerr3\n", "and stderr");
     let r = d.shoal(&["container", "logs", "--tail", "1", "talker"]).ok();
-    assert_eq!(r.stdout, "out3\n");
-    assert_eq!(r.stderr, "err3\n");
+    assert_eq!(r.stdout, "last\n");
+    assert_eq!(r.stderr, "");
+    let r = d.shoal(&["container", "logs", "talker"]).ok();
+    assert_eq!(r.stderr, "err1\nerr2\nerr3\n", "logs keep the streams apart");
     let r = d.shoal(&["container", "logs", "-t", "talker"]).ok();
     assert!(r.stdout.lines().all(|l| l.len() > 20 && l.contains('T')), "timestamps: {}", r.stdout);
     // Follow ends when the container does.
