@@ -16,7 +16,10 @@ pub fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
         ))
     };
     let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').filter(|r| !r.is_empty() && r.ends_with(['k', 'm', 'g'])).unwrap_or(&t);
+    let t = t
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && r.ends_with(['k', 'm', 'g']))
+        .unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 1i64 << 10),
         Some('m') => (&t[..t.len() - 1], 1 << 20),
@@ -39,7 +42,9 @@ pub fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
 /// Parses `--cpus 1.5` into nano-CPUs.
 pub fn parse_cpus(s: &str) -> Result<i64, UsageError> {
     let v: f64 = s.trim().parse().map_err(|_| {
-        UsageError(format!("invalid --cpus \"{s}\": use a number of CPUs such as 0.5 or 2"))
+        UsageError(format!(
+            "invalid --cpus \"{s}\": use a number of CPUs such as 0.5 or 2"
+        ))
     })?;
     if !v.is_finite() || v <= 0.0 {
         return Err(UsageError(format!(
@@ -185,15 +190,31 @@ mod tests {
         assert_eq!(parse_cpus("1.5").unwrap(), 1_500_000_000);
         assert_eq!(parse_cpus("0.01").unwrap(), 10_000_000);
         assert!(parse_cpus("0").is_err());
-        assert!(parse_cpus("abc").unwrap_err().to_string().contains("--cpus"));
+        assert!(
+            parse_cpus("abc")
+                .unwrap_err()
+                .to_string()
+                .contains("--cpus")
+        );
     }
 
     #[test]
     fn ports() {
         let p = parse_port("8080:80").unwrap();
-        assert_eq!((p.host_port, p.container_port, p.protocol.as_str()), (8080, 80, "tcp"));
+        assert_eq!(
+            (p.host_port, p.container_port, p.protocol.as_str()),
+            (8080, 80, "tcp")
+        );
         let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
-        assert_eq!((p.host_ip.as_str(), p.host_port, p.container_port, p.protocol.as_str()), ("127.0.0.1", 53, 5353, "udp"));
+        assert_eq!(
+            (
+                p.host_ip.as_str(),
+                p.host_port,
+                p.container_port,
+                p.protocol.as_str()
+            ),
+            ("127.0.0.1", 53, 5353, "udp")
+        );
         let p = parse_port("80").unwrap();
         assert_eq!((p.host_port, p.container_port), (80, 80));
         for bad in ["0:80", "8080:70000", "a:b", "8080:80/sctp", "1.2.3:80:80"] {
@@ -215,8 +236,14 @@ mod tests {
     fn since() {
         let now = 1_000_000_000_000_000_000;
         assert_eq!(parse_since("10m", now).unwrap(), now - 600_000_000_000);
-        assert_eq!(parse_since("1700000000", now).unwrap(), 1_700_000_000_000_000_000);
-        assert_eq!(parse_since("2023-11-14T22:13:20Z", now).unwrap(), 1_700_000_000_000_000_000);
+        assert_eq!(
+            parse_since("1700000000", now).unwrap(),
+            1_700_000_000_000_000_000
+        );
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z", now).unwrap(),
+            1_700_000_000_000_000_000
+        );
         assert!(parse_since("yesterday", now).is_err());
     }
 }

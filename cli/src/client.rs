@@ -109,9 +109,18 @@ mod tests {
 
     #[test]
     fn parses_hosts() {
-        assert_eq!(Host::parse("/x.sock").unwrap(), Host::Unix("/x.sock".into()));
-        assert_eq!(Host::parse("unix:///x.sock").unwrap(), Host::Unix("/x.sock".into()));
-        assert_eq!(Host::parse("tcp://h:4242").unwrap(), Host::Tcp("h:4242".into()));
+        assert_eq!(
+            Host::parse("/x.sock").unwrap(),
+            Host::Unix("/x.sock".into())
+        );
+        assert_eq!(
+            Host::parse("unix:///x.sock").unwrap(),
+            Host::Unix("/x.sock".into())
+        );
+        assert_eq!(
+            Host::parse("tcp://h:4242").unwrap(),
+            Host::Tcp("h:4242".into())
+        );
         assert!(Host::parse("tcp://h").is_err());
         assert!(Host::parse("http://h:1").is_err());
     }

@@ -16,6 +16,8 @@ use crate::output;
 const EXIT_RUN_FAILED: i32 = 125;
 
 /// Container subcommands.
+// Parsed once per process; the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum ContainerCommand {
     /// Create and start a container.
@@ -225,12 +227,22 @@ fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
             env.push(v);
         }
     }
-    let ports = a.publish.iter().map(|p| args::parse_port(p)).collect::<Result<Vec<_>, _>>()?;
-    let labels = a.label.iter().map(|l| args::parse_label(l)).collect::<Result<_, _>>()?;
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| args::parse_port(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels = a
+        .label
+        .iter()
+        .map(|l| args::parse_label(l))
+        .collect::<Result<_, _>>()?;
     if let Some(p) = a.pids_limit
         && p < 0
     {
-        return Err(UsageError(format!("invalid --pids-limit {p}: use a positive number")));
+        return Err(UsageError(format!(
+            "invalid --pids-limit {p}: use a positive number"
+        )));
     }
     if !matches!(a.network.as_str(), "bridge" | "host" | "none") {
         return Err(UsageError(format!(
@@ -245,7 +257,13 @@ fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         entrypoint: a
             .entrypoint
             .as_deref()
-            .map(|e| if e.is_empty() { Vec::new() } else { vec![e.to_string()] })
+            .map(|e| {
+                if e.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![e.to_string()]
+                }
+            })
             .unwrap_or_default(),
         entrypoint_set: a.entrypoint.is_some(),
         env,
@@ -253,8 +271,18 @@ fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         user: a.user.clone().unwrap_or_default(),
         hostname: a.hostname.clone().unwrap_or_default(),
         resources: Some(pb::Resources {
-            memory_bytes: a.memory.as_deref().map(|m| args::parse_bytes("--memory", m)).transpose()?.unwrap_or(0),
-            nano_cpus: a.cpus.as_deref().map(args::parse_cpus).transpose()?.unwrap_or(0),
+            memory_bytes: a
+                .memory
+                .as_deref()
+                .map(|m| args::parse_bytes("--memory", m))
+                .transpose()?
+                .unwrap_or(0),
+            nano_cpus: a
+                .cpus
+                .as_deref()
+                .map(args::parse_cpus)
+                .transpose()?
+                .unwrap_or(0),
             pids_limit: a.pids_limit.unwrap_or(0),
         }),
         cap_add: a.cap_add.clone(),
@@ -288,12 +316,16 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
     };
     let mut client = ContainersClient::new(connect(host).await?);
     match cmd {
-        ContainerCommand::Run(a) => run_container(&mut client, spec.expect("parsed above"), a.detach).await,
+        ContainerCommand::Run(a) => {
+            run_container(&mut client, spec.expect("parsed above"), a.detach).await
+        }
         ContainerCommand::Start { containers } => {
             each(containers, |id| {
                 let mut c = client.clone();
                 async move {
-                    c.start(pb::ContainerRef { id: id.clone() }).await.map_err(status)?;
+                    c.start(pb::ContainerRef { id: id.clone() })
+                        .await
+                        .map_err(status)?;
                     println!("{id}");
                     Ok(())
                 }
@@ -305,9 +337,16 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             let tail = if a.tail == "all" {
                 -1
             } else {
-                a.tail.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                    UsageError(format!("invalid --tail \"{}\": use a number of lines, or all", a.tail))
-                })?
+                a.tail
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "invalid --tail \"{}\": use a number of lines, or all",
+                            a.tail
+                        ))
+                    })?
             };
             let req = pb::LogsRequest {
                 id: a.container,
@@ -373,7 +412,12 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
                 let mut c = client.clone();
                 let signal = signal.clone();
                 async move {
-                    c.kill(pb::KillRequest { id: id.clone(), signal }).await.map_err(status)?;
+                    c.kill(pb::KillRequest {
+                        id: id.clone(),
+                        signal,
+                    })
+                    .await
+                    .map_err(status)?;
                     println!("{id}");
                     Ok(())
                 }
@@ -385,7 +429,12 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             each(a.containers, |id| {
                 let mut c = client.clone();
                 async move {
-                    c.remove(pb::RemoveRequest { id: id.clone(), force }).await.map_err(status)?;
+                    c.remove(pb::RemoveRequest {
+                        id: id.clone(),
+                        force,
+                    })
+                    .await
+                    .map_err(status)?;
                     println!("{id}");
                     Ok(())
                 }
@@ -414,7 +463,11 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             each(containers, |id| {
                 let mut c = client.clone();
                 async move {
-                    let r = c.wait(pb::ContainerRef { id }).await.map_err(status)?.into_inner();
+                    let r = c
+                        .wait(pb::ContainerRef { id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
                     println!("{}", r.exit_code);
                     Ok(())
                 }
@@ -468,7 +521,9 @@ async fn run_container(
     } else {
         let mut c = client.clone();
         let id = id.clone();
-        Some(tokio::spawn(async move { c.wait(pb::ContainerRef { id }).await }))
+        Some(tokio::spawn(async move {
+            c.wait(pb::ContainerRef { id }).await
+        }))
     };
     if let Err(s) = client.start(pb::ContainerRef { id: id.clone() }).await {
         if let Some(w) = waiter {
@@ -526,7 +581,10 @@ fn coded(s: tonic::Status, default: i32) -> anyhow::Error {
     }
 }
 
-async fn stream_logs(client: &mut ContainersClient<Channel>, req: pb::LogsRequest) -> anyhow::Result<()> {
+async fn stream_logs(
+    client: &mut ContainersClient<Channel>,
+    req: pb::LogsRequest,
+) -> anyhow::Result<()> {
     let timestamps = req.timestamps;
     let mut stream = client.logs(req).await.map_err(status)?.into_inner();
     let stdout = std::io::stdout();
@@ -536,7 +594,10 @@ async fn stream_logs(client: &mut ContainersClient<Channel>, req: pb::LogsReques
         if timestamps {
             let t = time::OffsetDateTime::from_unix_timestamp_nanos(entry.time_unix_nanos as i128)
                 .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
                 .unwrap_or_default();
             line.extend_from_slice(t.as_bytes());
             line.push(b' ');
@@ -568,9 +629,19 @@ async fn list(client: &mut ContainersClient<Channel>, a: LsArgs) -> anyhow::Resu
         return Ok(());
     }
     if a.format != "table" {
-        return Err(UsageError(format!("invalid --format \"{}\": use table or json", a.format)).into());
+        return Err(UsageError(format!(
+            "invalid --format \"{}\": use table or json",
+            a.format
+        ))
+        .into());
     }
-    let id = |s: &str| if a.no_trunc { s.to_string() } else { s.chars().take(12).collect() };
+    let id = |s: &str| {
+        if a.no_trunc {
+            s.to_string()
+        } else {
+            s.chars().take(12).collect()
+        }
+    };
     if a.quiet {
         for c in &containers {
             println!("{}", id(&c.id));
@@ -582,9 +653,15 @@ async fn list(client: &mut ContainersClient<Channel>, a: LsArgs) -> anyhow::Resu
         .iter()
         .map(|c| {
             let state = match pb::ContainerStatus::try_from(c.status) {
-                Ok(pb::ContainerStatus::Running) => format!("Up {}", output::duration(now - c.started_unix)),
+                Ok(pb::ContainerStatus::Running) => {
+                    format!("Up {}", output::duration(now - c.started_unix))
+                }
                 Ok(pb::ContainerStatus::Exited) => {
-                    format!("Exited ({}) {}", c.exit_code, output::ago(c.finished_unix, now))
+                    format!(
+                        "Exited ({}) {}",
+                        c.exit_code,
+                        output::ago(c.finished_unix, now)
+                    )
                 }
                 Ok(pb::ContainerStatus::Removing) => "Removal In Progress".into(),
                 _ => "Created".into(),
@@ -593,8 +670,21 @@ async fn list(client: &mut ContainersClient<Channel>, a: LsArgs) -> anyhow::Resu
                 .ports
                 .iter()
                 .map(|p| {
-                    let ip = if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip };
-                    format!("{ip}:{}->{}/{}", p.host_port, p.container_port, if p.protocol.is_empty() { "tcp" } else { &p.protocol })
+                    let ip = if p.host_ip.is_empty() {
+                        "0.0.0.0"
+                    } else {
+                        &p.host_ip
+                    };
+                    format!(
+                        "{ip}:{}->{}/{}",
+                        p.host_port,
+                        p.container_port,
+                        if p.protocol.is_empty() {
+                            "tcp"
+                        } else {
+                            &p.protocol
+                        }
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -611,7 +701,18 @@ async fn list(client: &mut ContainersClient<Channel>, a: LsArgs) -> anyhow::Resu
         .collect();
     print!(
         "{}",
-        output::table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &rows)
+        output::table(
+            &[
+                "CONTAINER ID",
+                "IMAGE",
+                "COMMAND",
+                "CREATED",
+                "STATUS",
+                "PORTS",
+                "NAMES"
+            ],
+            &rows
+        )
     );
     Ok(())
 }
@@ -630,8 +731,24 @@ mod tests {
     #[test]
     fn run_flags_become_a_spec() {
         let t = T::try_parse_from([
-            "x", "--name", "web", "-e", "A=1", "--memory", "64m", "--cpus", "0.5", "-p", "8080:80",
-            "--cap-drop", "NET_RAW", "--read-only", "busybox", "sh", "-c", "echo -n hi",
+            "x",
+            "--name",
+            "web",
+            "-e",
+            "A=1",
+            "--memory",
+            "64m",
+            "--cpus",
+            "0.5",
+            "-p",
+            "8080:80",
+            "--cap-drop",
+            "NET_RAW",
+            "--read-only",
+            "busybox",
+            "sh",
+            "-c",
+            "echo -n hi",
         ])
         .unwrap();
         let s = spec_of(&t.run).unwrap();
@@ -647,8 +764,18 @@ mod tests {
     #[test]
     fn bad_values_are_usage_errors() {
         let t = T::try_parse_from(["x", "--memory", "12q", "busybox"]).unwrap();
-        assert!(spec_of(&t.run).unwrap_err().to_string().contains("invalid --memory"));
+        assert!(
+            spec_of(&t.run)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid --memory")
+        );
         let t = T::try_parse_from(["x", "--network", "mars", "busybox"]).unwrap();
-        assert!(spec_of(&t.run).unwrap_err().to_string().contains("invalid --network"));
+        assert!(
+            spec_of(&t.run)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid --network")
+        );
     }
 }

@@ -110,9 +110,10 @@ fn upload_stream(
             }
             Box::new(std::io::stdin())
         }
-        Some(p) => Box::new(std::fs::File::open(p).map_err(|e| {
-            crate::args::UsageError(format!("cannot read {p}: {e}"))
-        })?),
+        Some(p) => Box::new(
+            std::fs::File::open(p)
+                .map_err(|e| crate::args::UsageError(format!("cannot read {p}: {e}")))?,
+        ),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     std::thread::spawn(move || {
@@ -128,7 +129,11 @@ fn upload_stream(
             }
             buf.truncate(n);
             let chunk = pb::Upload {
-                reference: if first { reference.clone() } else { String::new() },
+                reference: if first {
+                    reference.clone()
+                } else {
+                    String::new()
+                },
                 data: buf,
             };
             first = false;
@@ -156,8 +161,7 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let mut client = ImagesClient::new(connect(host).await?)
-        .max_decoding_message_size(64 << 20);
+    let mut client = ImagesClient::new(connect(host).await?).max_decoding_message_size(64 << 20);
     match cmd {
         ImageCommand::Import { tarball, reference } => {
             let stream = upload_stream(Some(tarball), reference)?;
@@ -240,7 +244,10 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
                         ]);
                     }
                 }
-                print!("{}", output::table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows));
+                print!(
+                    "{}",
+                    output::table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows)
+                );
             }
         }
         ImageCommand::Inspect { images } => {
@@ -270,7 +277,13 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Rm { force, images } => {
             let mut failed = false;
             for r in images {
-                match client.remove(pb::RemoveImageRequest { reference: r, force }).await {
+                match client
+                    .remove(pb::RemoveImageRequest {
+                        reference: r,
+                        force,
+                    })
+                    .await
+                {
                     Ok(reply) => {
                         let reply = reply.into_inner();
                         for u in reply.untagged {
@@ -303,7 +316,10 @@ fn split_ref(r: &str) -> (String, String) {
     let (name, _) = short.split_once('@').unwrap_or((short, ""));
     let slash = name.rfind('/').map(|i| i + 1).unwrap_or(0);
     match name[slash..].rfind(':') {
-        Some(i) => (name[..slash + i].to_string(), name[slash + i + 1..].to_string()),
+        Some(i) => (
+            name[..slash + i].to_string(),
+            name[slash + i + 1..].to_string(),
+        ),
         None => (name.to_string(), "<none>".to_string()),
     }
 }
@@ -323,8 +339,17 @@ mod tests {
 
     #[test]
     fn splits_references() {
-        assert_eq!(split_ref("docker.io/library/busybox:latest"), ("busybox".into(), "latest".into()));
-        assert_eq!(split_ref("localhost:5000/a/b:1"), ("localhost:5000/a/b".into(), "1".into()));
-        assert_eq!(split_ref("docker.io/team/app:v2"), ("team/app".into(), "v2".into()));
+        assert_eq!(
+            split_ref("docker.io/library/busybox:latest"),
+            ("busybox".into(), "latest".into())
+        );
+        assert_eq!(
+            split_ref("localhost:5000/a/b:1"),
+            ("localhost:5000/a/b".into(), "1".into())
+        );
+        assert_eq!(
+            split_ref("docker.io/team/app:v2"),
+            ("team/app".into(), "v2".into())
+        );
     }
 }

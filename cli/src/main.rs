@@ -44,7 +44,11 @@ impl std::fmt::Display for CodedError {
 impl std::error::Error for CodedError {}
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A cluster orchestrator: node daemon and client in one binary")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A cluster orchestrator: node daemon and client in one binary"
+)]
 struct Cli {
     /// The daemon to talk to: a socket path, unix:///PATH or tcp://HOST:PORT.
     #[arg(short = 'H', long = "host", global = true, env = "SHOAL_HOST", default_value = client::DEFAULT_SOCKET)]
@@ -53,6 +57,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process; the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the node daemon.
@@ -194,8 +200,12 @@ async fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    shoal_worker::daemon::run(opts, shutdown).await.map_err(|e| match e {
-        shoal_worker::daemon::DaemonError::Config(m) => anyhow::Error::new(CodedError(EXIT_USAGE, m)),
-        other => anyhow::anyhow!(other),
-    })
+    shoal_worker::daemon::run(opts, shutdown)
+        .await
+        .map_err(|e| match e {
+            shoal_worker::daemon::DaemonError::Config(m) => {
+                anyhow::Error::new(CodedError(EXIT_USAGE, m))
+            }
+            other => anyhow::anyhow!(other),
+        })
 }

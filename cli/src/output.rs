@@ -113,6 +113,9 @@ mod tests {
         assert_eq!(ago(100, 105), "5 seconds ago");
         assert_eq!(size(2_129_920), "2.130MB");
         assert_eq!(size(999), "999B");
-        assert_eq!(command(&["sh".into(), "-c".into(), "echo hello world".into()], 10), "\"sh -c echo…\"");
+        assert_eq!(
+            command(&["sh".into(), "-c".into(), "echo hello world".into()], 10),
+            "\"sh -c echo…\""
+        );
     }
 }

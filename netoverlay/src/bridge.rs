@@ -23,7 +23,9 @@ use crate::proxy::Proxy;
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// A host port is taken.
-    #[error("port {port}/{protocol} is already in use on {ip}: stop what listens there, or publish another host port")]
+    #[error(
+        "port {port}/{protocol} is already in use on {ip}: stop what listens there, or publish another host port"
+    )]
     PortInUse {
         /// The address.
         ip: IpAddr,
@@ -122,10 +124,16 @@ impl Default for BridgeConfig {
         BridgeConfig {
             bridge: "shoal0".into(),
             table: "shoal".into(),
-            candidates: ["172.29.0.0/16", "172.30.0.0/16", "172.31.0.0/16", "10.229.0.0/16", "10.230.0.0/16"]
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect(),
+            candidates: [
+                "172.29.0.0/16",
+                "172.30.0.0/16",
+                "172.31.0.0/16",
+                "10.229.0.0/16",
+                "10.230.0.0/16",
+            ]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
             veth_prefix: "vsh".into(),
         }
     }
@@ -164,9 +172,8 @@ impl BridgeNetwork {
             .map_err(|e| NetError::State(format!("creating {}: {e}", state_dir.display())))?;
         let state_file = state_dir.join(format!("{}.json", config.bridge));
         let state = match std::fs::read(&state_file) {
-            Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
-                NetError::State(format!("reading {}: {e}", state_file.display()))
-            })?,
+            Ok(raw) => serde_json::from_slice(&raw)
+                .map_err(|e| NetError::State(format!("reading {}: {e}", state_file.display())))?,
             Err(_) => State::default(),
         };
         let (conn, handle, _) = rtnetlink::new_connection()
@@ -199,8 +206,18 @@ impl BridgeNetwork {
     }
 
     async fn link_index(&self, name: &str) -> Option<u32> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
-        links.try_next().await.ok().flatten().map(|l| l.header.index)
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        links
+            .try_next()
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.header.index)
     }
 
     /// Makes the bridge, its address and its nftables table, if not there yet.
@@ -222,7 +239,11 @@ impl BridgeNetwork {
                 .ok_or_else(|| NetError::Netlink("the new bridge vanished".into()))?;
             self.handle
                 .address()
-                .add(index, IpAddr::V4(pool.gateway()), pool.subnet().prefix_len())
+                .add(
+                    index,
+                    IpAddr::V4(pool.gateway()),
+                    pool.subnet().prefix_len(),
+                )
                 .execute()
                 .await
                 .map_err(nl("addressing the bridge"))?;
@@ -283,7 +304,10 @@ impl BridgeNetwork {
             proxy.start(SocketAddr::new(IpAddr::V4(ip), p.container_port));
         }
         inner.state.pool = Some(pool);
-        inner.state.endpoints.insert(id.to_string(), endpoint.clone());
+        inner
+            .state
+            .endpoints
+            .insert(id.to_string(), endpoint.clone());
         inner.proxies.insert(id.to_string(), proxies);
         self.save(&inner.state)?;
         Ok(endpoint)
@@ -311,7 +335,12 @@ impl BridgeNetwork {
             .ok_or_else(|| NetError::Netlink("the new veth peer vanished".into()))?;
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(host).controller(bridge).up().build())
+            .set(
+                LinkUnspec::new_with_index(host)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl("attaching the veth to the bridge"))?;
@@ -367,7 +396,11 @@ impl BridgeNetwork {
         }
         inside
             .route()
-            .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(e.gateway).build())
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(e.gateway)
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl("adding the default route"))?;
@@ -457,7 +490,9 @@ impl BridgeNetwork {
                         proxy.start(SocketAddr::new(IpAddr::V4(e.ip), p.container_port));
                         proxies.push(proxy);
                     }
-                    Err(err) => tracing::warn!(container = %id, "restoring a published port: {err}"),
+                    Err(err) => {
+                        tracing::warn!(container = %id, "restoring a published port: {err}")
+                    }
                 }
             }
             inner.proxies.insert(id, proxies);
@@ -478,7 +513,11 @@ fn pick_subnet(config: &BridgeConfig) -> Result<Ipv4Net, NetError> {
     config
         .candidates
         .iter()
-        .find(|c| !routes.iter().any(|r| r.contains(&c.network()) || c.contains(&r.network())))
+        .find(|c| {
+            !routes
+                .iter()
+                .any(|r| r.contains(&c.network()) || c.contains(&r.network()))
+        })
         .copied()
         .ok_or_else(|| NetError::NoSubnet(config.bridge.clone()))
 }
@@ -507,11 +546,19 @@ mod tests {
 
     #[test]
     fn picks_a_subnet_free_of_host_routes() {
-        let mut c = BridgeConfig::default();
-        c.candidates = vec!["127.0.0.0/8".parse().unwrap(), "172.29.0.0/16".parse().unwrap()];
+        let c = BridgeConfig {
+            candidates: vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "172.29.0.0/16".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
         let routes = host_routes();
         let picked = pick_subnet(&c);
-        if routes.iter().any(|r| r.contains(&"172.29.0.1".parse::<Ipv4Addr>().unwrap())) {
+        if routes
+            .iter()
+            .any(|r| r.contains(&"172.29.0.1".parse::<Ipv4Addr>().unwrap()))
+        {
             assert!(picked.is_err());
         } else {
             assert_eq!(picked.unwrap(), "172.29.0.0/16".parse::<Ipv4Net>().unwrap());

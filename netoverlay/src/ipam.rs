@@ -126,10 +126,16 @@ mod tests {
     fn reserve_checks_range_and_use() {
         let mut p = Pool::new(net("10.0.0.0/24"));
         assert!(p.reserve(Ipv4Addr::new(10, 0, 0, 1)).is_err(), "gateway");
-        assert!(p.reserve(Ipv4Addr::new(10, 0, 0, 255)).is_err(), "broadcast");
+        assert!(
+            p.reserve(Ipv4Addr::new(10, 0, 0, 255)).is_err(),
+            "broadcast"
+        );
         assert!(p.reserve(Ipv4Addr::new(10, 0, 1, 5)).is_err(), "outside");
         p.reserve(Ipv4Addr::new(10, 0, 0, 9)).unwrap();
-        assert_eq!(p.reserve(Ipv4Addr::new(10, 0, 0, 9)), Err(IpamError::InUse(Ipv4Addr::new(10, 0, 0, 9))));
+        assert_eq!(
+            p.reserve(Ipv4Addr::new(10, 0, 0, 9)),
+            Err(IpamError::InUse(Ipv4Addr::new(10, 0, 0, 9)))
+        );
     }
 
     proptest! {

@@ -161,10 +161,18 @@ mod tests {
             }
         }
         let _g = Guard(p.clone());
-        let inside = run_in(&p, || std::fs::read_link("/proc/thread-self/ns/net").unwrap()).unwrap();
+        let inside = run_in(&p, || {
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap()
+        })
+        .unwrap();
         let outside = std::fs::read_link("/proc/self/ns/net").unwrap();
         assert_ne!(inside, outside, "the thread was in another namespace");
-        let links = run_in(&p, || std::fs::read_dir("/sys/class/net").map(|d| d.count()).unwrap_or(0)).unwrap();
+        let links = run_in(&p, || {
+            std::fs::read_dir("/sys/class/net")
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .unwrap();
         let _ = links;
         remove(&p).unwrap();
         assert!(!p.exists());

@@ -133,9 +133,15 @@ impl Table {
             let text = list(&["-a", "list", "chain", "inet", &self.name, chain])?;
             for line in text.lines() {
                 if line.contains(&format!("comment \"{tag}\""))
-                    && let Some(handle) = line.rsplit("# handle ").next().and_then(|h| h.trim().parse::<u64>().ok())
+                    && let Some(handle) = line
+                        .rsplit("# handle ")
+                        .next()
+                        .and_then(|h| h.trim().parse::<u64>().ok())
                 {
-                    script.push_str(&format!("delete rule inet {} {chain} handle {handle}\n", self.name));
+                    script.push_str(&format!(
+                        "delete rule inet {} {chain} handle {handle}\n",
+                        self.name
+                    ));
                 }
             }
         }

@@ -209,10 +209,21 @@ impl Daemon {
     /// The container cgroups this daemon made that still exist.
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        for root in [
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ] {
             let dir = Path::new(root).join(&self.cgroup_parent);
             if let Ok(entries) = std::fs::read_dir(&dir) {
-                out.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                out.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path()),
+                );
             }
         }
         out
@@ -264,7 +275,19 @@ impl Drop for Daemon {
         for cg in self.leftover_cgroups() {
             let _ = std::fs::remove_dir(&cg);
         }
-        for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/devices", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/blkio", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        for root in [
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/cpuacct",
+            "/sys/fs/cgroup/cpuset",
+            "/sys/fs/cgroup/devices",
+            "/sys/fs/cgroup/freezer",
+            "/sys/fs/cgroup/blkio",
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ] {
             let _ = std::fs::remove_dir(Path::new(root).join(&self.cgroup_parent));
         }
     }

@@ -2,6 +2,8 @@
 //! a published port reached from the host, egress through the gateway, and nothing left
 //! once the last container goes. One test, so daemons never share the bridge concurrently.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -46,7 +48,16 @@ fn bridge_publish_egress_and_cleanup() {
         d.import_busybox("busybox:test");
         // A web server with a published port, reached from the host on loopback.
         d.shoal(&[
-            "container", "run", "-d", "--name", "web", "-p", "18089:80", "busybox:test", "sh", "-c",
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            "18089:80",
+            "busybox:test",
+            "sh",
+            "-c",
             "mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www",
         ])
         .ok();
@@ -57,7 +68,9 @@ fn bridge_publish_egress_and_cleanup() {
             d.log()
         );
         // The container has an address of its own and a default route via the gateway.
-        let r = d.shoal(&["container", "exec", "web", "ip", "-4", "route"]).ok();
+        let r = d
+            .shoal(&["container", "exec", "web", "ip", "-4", "route"])
+            .ok();
         let gw = r
             .stdout
             .lines()
@@ -65,23 +78,54 @@ fn bridge_publish_egress_and_cleanup() {
             .and_then(|l| l.split_whitespace().next())
             .unwrap_or_else(|| panic!("{rt}: no default route: {}", r.stdout))
             .to_string();
-        d.shoal(&["container", "exec", "web", "ping", "-c", "1", "-W", "2", &gw]).ok();
+        d.shoal(&[
+            "container",
+            "exec",
+            "web",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &gw,
+        ])
+        .ok();
         let inspect = d.shoal(&["container", "inspect", "web"]).ok();
         let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
         assert!(!v[0]["ip_address"].as_str().unwrap_or_default().is_empty());
         // A second publish of the same host port is refused with a clear error, and leaves nothing.
-        let r = d.shoal(&["container", "run", "-d", "--name", "web2", "-p", "18089:80", "busybox:test", "sleep", "100"]);
+        let r = d.shoal(&[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "web2",
+            "-p",
+            "18089:80",
+            "busybox:test",
+            "sleep",
+            "100",
+        ]);
         assert_ne!(r.code, 0);
-        assert!(r.stderr.contains("18089"), "{rt}: error names the port: {}", r.stderr);
+        assert!(
+            r.stderr.contains("18089"),
+            "{rt}: error names the port: {}",
+            r.stderr
+        );
         d.shoal(&["container", "rm", "-f", "web2"]);
         // After the last container: no veth, no bridge, no nftables table of ours.
         d.shoal(&["container", "rm", "-f", "web"]).ok();
         assert!(
-            wait_for(Duration::from_secs(5), || !links().contains("shoal0") && !links().contains("vsh")),
+            wait_for(Duration::from_secs(5), || !links().contains("shoal0")
+                && !links().contains("vsh")),
             "{rt}: links left: {}",
             links()
         );
-        assert!(!nft_tables().contains("shoal"), "{rt}: nft tables left: {}", nft_tables());
+        assert!(
+            !nft_tables().contains("shoal"),
+            "{rt}: nft tables left: {}",
+            nft_tables()
+        );
         assert!(http_get(18089, "/").is_none(), "{rt}: port closed after rm");
         assert!(d.leftover_mounts().is_empty());
     }

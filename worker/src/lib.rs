@@ -14,6 +14,7 @@ pub mod engine;
 pub mod image;
 pub mod logs;
 pub mod reexec;
+pub mod registry;
 pub mod runtime;
 pub mod security;
 pub mod shim;

@@ -91,9 +91,17 @@ fn remote(reference: &Reference) -> Result<oci_client::Reference, RegistryError>
         .map_err(|e| RegistryError::Manifest(format!("{reference}: {e}")))
 }
 
-fn registry_error(reference: &Reference, opts: &RegistryOptions, e: impl std::fmt::Display) -> RegistryError {
+fn registry_error(
+    reference: &Reference,
+    opts: &RegistryOptions,
+    e: impl std::fmt::Display,
+) -> RegistryError {
     let text = e.to_string();
-    let hint = if text.contains("InvalidContentType") || text.contains("invalid peer certificate") || text.contains("tls") || text.contains("https") {
+    let hint = if text.contains("InvalidContentType")
+        || text.contains("invalid peer certificate")
+        || text.contains("tls")
+        || text.contains("https")
+    {
         format!(
             "; if {} serves plain HTTP, pass --insecure-registry {}",
             reference.registry(),
@@ -105,7 +113,8 @@ fn registry_error(reference: &Reference, opts: &RegistryOptions, e: impl std::fm
         } else {
             "; check the username and password".to_string()
         }
-    } else if text.contains("404") || text.contains("NotFound") || text.contains("MANIFEST_UNKNOWN") {
+    } else if text.contains("404") || text.contains("NotFound") || text.contains("MANIFEST_UNKNOWN")
+    {
         "; check the repository and tag".to_string()
     } else {
         String::new()
@@ -144,10 +153,15 @@ pub async fn pull(
         .map_err(|e| RegistryError::Manifest(format!("{reference}: malformed manifest: {e}")))?;
     if manifest.get("manifests").is_some() {
         // An index: pick this host's platform.
-        let entries = manifest["manifests"].as_array().cloned().unwrap_or_default();
+        let entries = manifest["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let chosen = entries
             .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == host_arch())
+            .find(|m| {
+                m["platform"]["os"] == "linux" && m["platform"]["architecture"] == host_arch()
+            })
             .ok_or_else(|| {
                 RegistryError::Manifest(format!(
                     "{}: no image for linux/{} in the index",
@@ -270,7 +284,12 @@ pub async fn push(
         .auth(&target, &auth, oci_client::RegistryOperation::Push)
         .await
         .map_err(|e| registry_error(reference, opts, e))?;
-    let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap_or_default().to_string()];
+    let mut blobs = vec![
+        manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ];
     for layer in manifest["layers"].as_array().cloned().unwrap_or_default() {
         blobs.push(layer["digest"].as_str().unwrap_or_default().to_string());
     }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::Stream;
 use shoal_api::engine as pb;
 use shoal_api::engine::containers_server::Containers;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{ContainerRecord, Engine, EngineError, ExecChunk, State};

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::upload::ChannelReader;
 use crate::engine::Engine;
 use crate::image::{ImageError, ImageRecord, ImageStore, Reference};
+use crate::registry::{Progress, RegistryError, RegistryOptions};
 
 /// The service.
 pub struct ImagesService {
@@ -84,6 +85,58 @@ async fn upload<T: Send + 'static>(
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+impl ImagesService {
+    /// The daemon's registry settings merged with the request's.
+    fn registry_options(&self, req: Option<pb::RegistryOptions>) -> RegistryOptions {
+        let req = req.unwrap_or_default();
+        let mut insecure = self.insecure_registries.clone();
+        insecure.extend(req.insecure_registries);
+        RegistryOptions {
+            insecure,
+            username: req.username,
+            password: req.password,
+        }
+    }
+}
+
+/// Runs a pull or push, turning its progress into a gRPC stream that ends with the
+/// outcome: an error status if it failed.
+fn progress_stream<F, Fut>(work: F) -> BoxStream<pb::Progress>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Progress>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), RegistryError>> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Progress>(64);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<pb::Progress, Status>>(64);
+    tokio::spawn(async move {
+        let forward_tx = out_tx.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                let msg = pb::Progress {
+                    id: p.id,
+                    action: p.action,
+                    current: p.current,
+                    total: p.total,
+                    message: String::new(),
+                };
+                if forward_tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = work(tx).await;
+        let _ = forward.await;
+        if let Err(e) = result {
+            let status = match &e {
+                RegistryError::Image(ImageError::NotFound(_)) => Status::not_found(e.to_string()),
+                _ => Status::unavailable(e.to_string()),
+            };
+            let _ = out_tx.send(Err(status)).await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+}
+
 #[tonic::async_trait]
 impl Images for ImagesService {
     async fn import(
@@ -117,22 +170,38 @@ impl Images for ImagesService {
 
     async fn pull(
         &self,
-        _request: Request<pb::PullRequest>,
+        request: Request<pb::PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
-        Err(Status::unimplemented(
-            "image pull is not available in this build yet: load the image with \"shoal image load -i FILE\" or import a root filesystem with \"shoal image import\"",
-        ))
+        let r = request.into_inner();
+        let reference = Reference::parse(&r.reference).map_err(image_status)?;
+        let opts = self.registry_options(r.registry);
+        let store = self.engine.images().clone();
+        Ok(Response::new(progress_stream(move |tx| async move {
+            crate::registry::pull(store, &reference, &opts, tx)
+                .await
+                .map(|_| ())
+        })))
     }
 
     type PushStream = BoxStream<pb::Progress>;
 
     async fn push(
         &self,
-        _request: Request<pb::PushRequest>,
+        request: Request<pb::PushRequest>,
     ) -> Result<Response<Self::PushStream>, Status> {
-        Err(Status::unimplemented(
-            "image push is not available in this build yet",
-        ))
+        let r = request.into_inner();
+        let reference = Reference::parse(&r.reference).map_err(image_status)?;
+        let opts = self.registry_options(r.registry);
+        let store = self.engine.images().clone();
+        // Fail before streaming when the image is not here.
+        let key = reference.to_string();
+        let check = store.clone();
+        blocking(move || check.resolve(&key)).await?;
+        Ok(Response::new(progress_stream(move |tx| async move {
+            crate::registry::push(store, &reference, &opts, tx)
+                .await
+                .map(|_| ())
+        })))
     }
 
     async fn list(

@@ -55,6 +55,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let config = check(&opts)?;
+    // One TLS provider for the whole process (registries now, the cluster later).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let socket = socket_path(&opts.run_root);
     let _lock = lock_data_root(&opts.data_root)?;
     if tokio::net::UnixStream::connect(&socket).await.is_ok() {
@@ -78,9 +80,8 @@ pub async fn run(
         .await
         .map_err(|e| DaemonError::Config(e.to_string()))?;
 
-    let listener = UnixListener::bind(&socket).map_err(|e| {
-        DaemonError::Config(format!("listening on {}: {e}", socket.display()))
-    })?;
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| DaemonError::Config(format!("listening on {}: {e}", socket.display())))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
     tracing::info!(socket = %socket.display(), runtime = %opts.runtime, "shoal daemon ready");
@@ -108,7 +109,10 @@ fn check(opts: &DaemonOptions) -> Result<EngineConfig, DaemonError> {
                 .into(),
         ));
     }
-    for (flag, dir) in [("--data-root", &opts.data_root), ("--run-root", &opts.run_root)] {
+    for (flag, dir) in [
+        ("--data-root", &opts.data_root),
+        ("--run-root", &opts.run_root),
+    ] {
         if !dir.is_absolute() {
             return Err(DaemonError::Config(format!(
                 "{flag} {} is not an absolute path: give a full path such as /var/lib/shoal",
@@ -123,7 +127,10 @@ fn check(opts: &DaemonOptions) -> Result<EngineConfig, DaemonError> {
         Runtime::resolve(&opts.runtime).map_err(|e| DaemonError::Config(e.to_string()))?;
     if opts.cgroup_parent.is_empty()
         || opts.cgroup_parent.starts_with('/')
-        || opts.cgroup_parent.split('/').any(|p| p.is_empty() || p == "..")
+        || opts
+            .cgroup_parent
+            .split('/')
+            .any(|p| p.is_empty() || p == "..")
     {
         return Err(DaemonError::Config(format!(
             "invalid --cgroup-parent \"{}\": use a relative path such as shoal or lab/host1",

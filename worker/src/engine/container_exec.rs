@@ -95,8 +95,11 @@ impl Engine {
                     process,
                     seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
                 };
-                let file = paths.state_dir.join(format!("exec-{}.json", &names::new_id()[..12]));
-                let raw = serde_json::to_vec(&req).map_err(|e| EngineError::Internal(e.to_string()))?;
+                let file = paths
+                    .state_dir
+                    .join(format!("exec-{}.json", &names::new_id()[..12]));
+                let raw =
+                    serde_json::to_vec(&req).map_err(|e| EngineError::Internal(e.to_string()))?;
                 std::fs::write(&file, raw)
                     .map_err(|e| EngineError::Internal(format!("writing exec request: {e}")))?;
                 let mut c = tokio::process::Command::new(&self.config.self_exe);
@@ -104,10 +107,19 @@ impl Engine {
                 c
             }
             Runtime::External { path, name } => {
-                let mut c = if name.contains("crun") && std::path::Path::new("/sys/fs/cgroup/unified").exists() {
+                let mut c = if name.contains("crun")
+                    && std::path::Path::new("/sys/fs/cgroup/unified").exists()
+                {
                     // crun refuses the hybrid layout: hide the v2 mount in a private namespace.
                     let mut c = tokio::process::Command::new("unshare");
-                    c.args(["-m", "--propagation", "slave", "sh", "-c", "umount -l /sys/fs/cgroup/unified; exec \"$0\" \"$@\""]);
+                    c.args([
+                        "-m",
+                        "--propagation",
+                        "slave",
+                        "sh",
+                        "-c",
+                        "umount -l /sys/fs/cgroup/unified; exec \"$0\" \"$@\"",
+                    ]);
                     c.arg(path);
                     c
                 } else {

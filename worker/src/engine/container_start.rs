@@ -113,8 +113,7 @@ impl Engine {
                 .filter(|w| !w.is_empty())
                 .unwrap_or_else(|| "/".into())
         };
-        let cwd_on_host =
-            crate::runtime::fsutil::secure_join(&rootfs_dir, Path::new(&cwd));
+        let cwd_on_host = crate::runtime::fsutil::secure_join(&rootfs_dir, Path::new(&cwd));
         if !cwd_on_host.exists() {
             std::fs::create_dir_all(&cwd_on_host).map_err(|e| {
                 EngineError::Internal(format!("creating working directory {cwd}: {e}"))
@@ -138,8 +137,9 @@ impl Engine {
             "none" => NetworkNamespace::New,
             _ => {
                 let path = self.config.run_root.join("netns").join(&record.id);
-                shoal_netoverlay::netns::create(&path)
-                    .map_err(|e| EngineError::Internal(format!("creating network namespace: {e}")))?;
+                shoal_netoverlay::netns::create(&path).map_err(|e| {
+                    EngineError::Internal(format!("creating network namespace: {e}"))
+                })?;
                 made.netns = Some(path.clone());
                 NetworkNamespace::Path(path)
             }
@@ -181,7 +181,9 @@ impl Engine {
             cgroups_path: format!("/{}/{}", self.config.cgroup_parent, record.id),
             etc_files,
             no_new_privileges: spec.security_opt.iter().any(|o| {
-                o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true"
+                o == "no-new-privileges"
+                    || o == "no-new-privileges:true"
+                    || o == "no-new-privileges=true"
             }),
         };
         let oci = crate::runtime::spec::build(&params)?;
@@ -234,7 +236,11 @@ impl Engine {
         }
         let entry_ip = ip;
         if let Ok(entry) = self.find(&record.id) {
-            entry.record.lock().expect("record lock poisoned").ip_address = entry_ip;
+            entry
+                .record
+                .lock()
+                .expect("record lock poisoned")
+                .ip_address = entry_ip;
         }
         Ok(report)
     }
@@ -263,7 +269,12 @@ fn hybrid_cgroups() -> bool {
 
 /// The container's environment: the image's, then the user's (overriding by name), then
 /// HOSTNAME, HOME and PATH when missing.
-fn environment(image: &[String], user: &[String], hostname: &str, home: Option<&str>) -> Vec<String> {
+fn environment(
+    image: &[String],
+    user: &[String],
+    hostname: &str,
+    home: Option<&str>,
+) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let key = |kv: &str| kv.split('=').next().unwrap_or_default().to_string();
     for kv in image.iter().chain(user.iter()) {
@@ -287,7 +298,9 @@ fn environment(image: &[String], user: &[String], hostname: &str, home: Option<&
     out
 }
 
-fn published_ports(spec: &shoal_api::engine::ContainerSpec) -> Result<Vec<PublishedPort>, EngineError> {
+fn published_ports(
+    spec: &shoal_api::engine::ContainerSpec,
+) -> Result<Vec<PublishedPort>, EngineError> {
     spec.ports
         .iter()
         .map(|p| {
@@ -419,7 +432,10 @@ mod tests {
             "h",
             None,
         );
-        assert_eq!(env, vec!["PATH=/bin", "A=2", "B=3", "HOSTNAME=h", "HOME=/root"]);
+        assert_eq!(
+            env,
+            vec!["PATH=/bin", "A=2", "B=3", "HOSTNAME=h", "HOME=/root"]
+        );
     }
 
     #[test]
@@ -436,7 +452,7 @@ mod tests {
         let cpu = r.cpu().clone().unwrap();
         assert_eq!(cpu.quota(), Some(150_000));
         assert_eq!(cpu.period(), Some(100_000));
-        assert_eq!(r.memory().clone().unwrap().limit(), Some(64 << 20));
-        assert_eq!(r.pids().clone().unwrap().limit(), 10);
+        assert_eq!(r.memory().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.pids().unwrap().limit(), 10);
     }
 }

@@ -133,9 +133,8 @@ impl Engine {
             config.run_root.join("netns"),
             config.run_root.join("runtime"),
         ] {
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                EngineError::Internal(format!("creating {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| EngineError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
         let store = record::RecordStore::open(&config.data_root.join("containers.redb"))?;
         let engine = Arc::new(Engine {
@@ -279,7 +278,10 @@ impl Engine {
         removed
             .iter()
             .rev()
-            .find(|t| t.3.elapsed() < TOMBSTONE_TTL && (t.1 == key || (key.len() >= 4 && t.0.starts_with(key))))
+            .find(|t| {
+                t.3.elapsed() < TOMBSTONE_TTL
+                    && (t.1 == key || (key.len() >= 4 && t.0.starts_with(key)))
+            })
             .map(|t| t.2)
     }
 }

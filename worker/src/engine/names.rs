@@ -34,14 +34,35 @@ pub(crate) fn validate(name: &str) -> Result<(), EngineError> {
 }
 
 const LEFT: &[&str] = &[
-    "agile", "bold", "brisk", "calm", "clever", "deep", "eager", "fair", "gentle", "happy",
-    "keen", "lively", "lucid", "merry", "nimble", "patient", "quiet", "rapid", "serene",
-    "steady", "swift", "tidal", "vivid", "wise",
+    "agile", "bold", "brisk", "calm", "clever", "deep", "eager", "fair", "gentle", "happy", "keen",
+    "lively", "lucid", "merry", "nimble", "patient", "quiet", "rapid", "serene", "steady", "swift",
+    "tidal", "vivid", "wise",
 ];
 const RIGHT: &[&str] = &[
-    "anchovy", "barracuda", "cod", "dolphin", "eel", "flounder", "grouper", "haddock",
-    "herring", "koi", "mackerel", "marlin", "minnow", "octopus", "perch", "pike", "salmon",
-    "sardine", "shark", "snapper", "sturgeon", "trout", "tuna", "wrasse",
+    "anchovy",
+    "barracuda",
+    "cod",
+    "dolphin",
+    "eel",
+    "flounder",
+    "grouper",
+    "haddock",
+    "herring",
+    "koi",
+    "mackerel",
+    "marlin",
+    "minnow",
+    "octopus",
+    "perch",
+    "pike",
+    "salmon",
+    "sardine",
+    "shark",
+    "snapper",
+    "sturgeon",
+    "trout",
+    "tuna",
+    "wrasse",
 ];
 
 /// A generated name not in `taken`.

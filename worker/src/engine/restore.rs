@@ -29,7 +29,8 @@ fn is_shim_of(pid: i32, id: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-            args.iter().any(|a| *a == crate::shim::SUBCOMMAND.as_bytes())
+            args.iter()
+                .any(|a| *a == crate::shim::SUBCOMMAND.as_bytes())
                 && args.iter().any(|a| a.ends_with(id.as_bytes()))
         })
         .unwrap_or(false)
@@ -74,9 +75,9 @@ impl Engine {
     pub(crate) fn watch_shim(self: &Arc<Self>, entry: Arc<Entry>, shim_pid: i32) {
         let engine = self.clone();
         tokio::spawn(async move {
-            // SAFETY: the pidfd is owned by the AsyncFd for its whole registration and is
-            // closed only when the AsyncFd drops.
             if let Some(fd) = pidfd_open(shim_pid)
+                // SAFETY: the AsyncFd owns the pidfd for its whole registration; the fd is
+                // closed only when the AsyncFd drops.
                 && let Ok(afd) = unsafe { AsyncFd::register(fd) }
             {
                 // A pidfd turns readable when the process exits.

@@ -181,8 +181,14 @@ mod tests {
     fn tail_and_since_select_the_last_records() {
         let mut buf = Vec::new();
         for i in 0..10 {
-            write_record(&mut buf, at(i), Stream::Stdout, false, format!("{i}").as_bytes())
-                .unwrap();
+            write_record(
+                &mut buf,
+                at(i),
+                Stream::Stdout,
+                false,
+                format!("{i}").as_bytes(),
+            )
+            .unwrap();
         }
         let last3: Vec<_> = read_tail(&buf[..], Some(3), 0)
             .unwrap()
