@@ -290,7 +290,9 @@ fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         read_only: a.read_only,
         ports,
         network: a.network.clone(),
-        auto_remove: a.rm,
+        // A foreground run removes the container itself once it has read every line and
+        // the exit code; only a detached one leaves that to the daemon.
+        auto_remove: a.rm && a.detach,
         stop_signal: a.stop_signal.clone().unwrap_or_default(),
         stop_timeout_secs: a.stop_timeout.unwrap_or(-1),
         labels,
@@ -317,7 +319,7 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
     let mut client = ContainersClient::new(connect(host).await?);
     match cmd {
         ContainerCommand::Run(a) => {
-            run_container(&mut client, spec.expect("parsed above"), a.detach).await
+            run_container(&mut client, spec.expect("parsed above"), a.detach, a.rm).await
         }
         ContainerCommand::Start { containers } => {
             each(containers, |id| {
@@ -508,6 +510,7 @@ async fn run_container(
     client: &mut ContainersClient<Channel>,
     spec: pb::ContainerSpec,
     detach: bool,
+    remove: bool,
 ) -> anyhow::Result<()> {
     let created = client
         .create(pb::CreateRequest { spec: Some(spec) })
@@ -528,6 +531,14 @@ async fn run_container(
     if let Err(s) = client.start(pb::ContainerRef { id: id.clone() }).await {
         if let Some(w) = waiter {
             w.abort();
+        }
+        if remove {
+            let _ = client
+                .remove(pb::RemoveRequest {
+                    id: id.clone(),
+                    force: true,
+                })
+                .await;
         }
         return Err(coded(s, EXIT_RUN_FAILED));
     }
@@ -559,6 +570,15 @@ async fn run_container(
         Some(w) => w.await?.map_err(status)?.into_inner(),
         None => return Ok(()),
     };
+    if remove {
+        client
+            .remove(pb::RemoveRequest {
+                id: id.clone(),
+                force: true,
+            })
+            .await
+            .map_err(status)?;
+    }
     if !reply.error.is_empty() {
         eprintln!("error: {}", reply.error);
     }

@@ -115,7 +115,7 @@ mod tests {
         assert_eq!(size(999), "999B");
         assert_eq!(
             command(&["sh".into(), "-c".into(), "echo hello world".into()], 10),
-            "\"sh -c echo…\""
+            "\"sh -c ech…\""
         );
     }
 }

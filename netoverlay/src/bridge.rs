@@ -509,7 +509,11 @@ impl BridgeNetwork {
 
 /// The first candidate subnet that overlaps no route of the host.
 fn pick_subnet(config: &BridgeConfig) -> Result<Ipv4Net, NetError> {
-    let routes = host_routes();
+    pick_subnet_among(config, &host_routes())
+}
+
+/// The first candidate subnet that overlaps none of `routes`.
+fn pick_subnet_among(config: &BridgeConfig, routes: &[Ipv4Net]) -> Result<Ipv4Net, NetError> {
     config
         .candidates
         .iter()
@@ -546,22 +550,24 @@ mod tests {
 
     #[test]
     fn picks_a_subnet_free_of_host_routes() {
-        let c = BridgeConfig {
-            candidates: vec![
-                "127.0.0.0/8".parse().unwrap(),
-                "172.29.0.0/16".parse().unwrap(),
-            ],
-            ..Default::default()
-        };
-        let routes = host_routes();
-        let picked = pick_subnet(&c);
-        if routes
-            .iter()
-            .any(|r| r.contains(&"172.29.0.1".parse::<Ipv4Addr>().unwrap()))
-        {
-            assert!(picked.is_err());
-        } else {
-            assert_eq!(picked.unwrap(), "172.29.0.0/16".parse::<Ipv4Net>().unwrap());
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let c = BridgeConfig::default();
+        assert_eq!(pick_subnet_among(&c, &[]).unwrap(), net("172.29.0.0/16"));
+        let routes = [net("172.29.5.0/24"), net("172.16.0.0/12")];
+        assert_eq!(
+            pick_subnet_among(&c, &routes).unwrap(),
+            net("10.229.0.0/16")
+        );
+        let all = [net("0.0.0.0/1"), net("128.0.0.0/1")];
+        let e = pick_subnet_among(&c, &all).unwrap_err().to_string();
+        assert!(e.contains("no free subnet"), "{e}");
+        // Whatever this host has, the pick overlaps none of its routes.
+        if let Ok(p) = pick_subnet(&c) {
+            assert!(
+                !host_routes()
+                    .iter()
+                    .any(|r| r.contains(&p.network()) || p.contains(&r.network()))
+            );
         }
     }
 }
