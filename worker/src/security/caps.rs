@@ -283,8 +283,10 @@ impl PreparedCaps {
         };
         for cap in 0..=self.last_cap.min(63) {
             if self.ambient & (1 << cap) != 0 {
+                // A capability outside the inheritable set cannot be ambient; like runc,
+                // go on without it rather than fail the container.
                 // SAFETY: prctl with integer arguments only.
-                let rc = unsafe {
+                unsafe {
                     libc::prctl(
                         libc::PR_CAP_AMBIENT,
                         libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
@@ -293,12 +295,6 @@ impl PreparedCaps {
                         0,
                     )
                 };
-                if rc != 0 {
-                    return Err(SecurityError::Sys {
-                        what: "raising an ambient capability",
-                        source: nix::Error::last(),
-                    });
-                }
             }
         }
         Ok(())
