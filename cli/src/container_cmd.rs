@@ -81,13 +81,13 @@ pub struct RunArgs {
     #[arg(short, long)]
     user: Option<String>,
     /// Memory limit, such as 512m or 1g.
-    #[arg(short, long)]
+    #[arg(short, long, allow_hyphen_values = true)]
     memory: Option<String>,
     /// CPUs the container may use, such as 0.5 or 2.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     cpus: Option<String>,
     /// Maximum number of processes.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pids_limit: Option<i64>,
     /// Add a capability (or ALL).
     #[arg(long)]
@@ -307,14 +307,16 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
         ContainerCommand::Run(a) => Some(spec_of(a)?),
         _ => None,
     };
-    let since = match &cmd {
-        ContainerCommand::Logs(a) => a
-            .since
-            .as_deref()
-            .map(|s| args::parse_since(s, now_nanos()))
-            .transpose()?
-            .unwrap_or(0),
-        _ => 0,
+    let (since, tail) = match &cmd {
+        ContainerCommand::Logs(a) => (
+            a.since
+                .as_deref()
+                .map(|s| args::parse_since(s, now_nanos()))
+                .transpose()?
+                .unwrap_or(0),
+            parse_tail(&a.tail)?,
+        ),
+        _ => (0, -1),
     };
     let mut client = ContainersClient::new(connect(host).await?);
     match cmd {
@@ -497,6 +499,18 @@ where
     } else {
         Ok(())
     }
+}
+
+/// `--tail`: a number of lines, or `all` (-1).
+fn parse_tail(s: &str) -> Result<i64, UsageError> {
+    if s == "all" {
+        return Ok(-1);
+    }
+    s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        UsageError(format!(
+            "invalid --tail \"{s}\": use a number of lines, or all"
+        ))
+    })
 }
 
 fn now_nanos() -> i64 {

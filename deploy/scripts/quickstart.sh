@@ -2,6 +2,11 @@
 # The main job, for now: build shoal, start a daemon on temporary roots, import a busybox
 # image, run containers, and clean everything up. Needs root (namespaces, mounts, cgroups).
 set -eu
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 && exec sudo -E "$0" "$@"
+    echo "$0 needs root (namespaces, mounts, cgroups): run it as root" >&2
+    exit 1
+fi
 cd "$(dirname "$0")/../.."
 sh deploy/scripts/install-deps.sh
 cargo build --release -p shoal-cli
@@ -25,7 +30,7 @@ set -x
 "$shoal" -H "$sock" container run --rm busybox sh -c 'echo "hello from $(hostname), PID $$"; cat /proc/self/status | grep CapEff'
 "$shoal" -H "$sock" container run -d --name web -p 8080:80 busybox httpd -f -p 80 -h /etc
 "$shoal" -H "$sock" container ls
-wget -q -O - http://127.0.0.1:8080/hostname || true
+busybox wget -q -O - http://127.0.0.1:8080/hostname || true
 "$shoal" -H "$sock" container exec web ps
 "$shoal" -H "$sock" container stop -t 1 web
 "$shoal" -H "$sock" container ls -a

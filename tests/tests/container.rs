@@ -1,6 +1,7 @@
 //! End-to-end behaviour of `shoal container` with the real binary and a real daemon, for the
-//! builtin runtime and for runc. Containers use `--network none` unless the test is about
-//! networking, so tests can run in parallel.
+//! builtin runtime, runc and crun (crun runs in a private mount namespace without the cgroup
+//! v2 mount when the host mixes layouts). Containers use `--network none` unless the test is
+//! about networking, so tests can run in parallel.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -44,6 +45,9 @@ macro_rules! for_runtimes {
         }
         mod runc {
             $( #[test] fn $name() { super::$name("runc") } )*
+        }
+        mod crun {
+            $( #[test] fn $name() { super::$name("crun") } )*
         }
     };
 }
