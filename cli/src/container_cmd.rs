@@ -338,20 +338,6 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
         }
         ContainerCommand::Ls(a) => list(&mut client, a).await,
         ContainerCommand::Logs(a) => {
-            let tail = if a.tail == "all" {
-                -1
-            } else {
-                a.tail
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| {
-                        UsageError(format!(
-                            "invalid --tail \"{}\": use a number of lines, or all",
-                            a.tail
-                        ))
-                    })?
-            };
             let req = pb::LogsRequest {
                 id: a.container,
                 follow: a.follow,
