@@ -138,11 +138,17 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self._dir.path().join("daemon.log"))
-            .expect("daemon log");
+            .map_err(|e| format!("daemon log: {e}"))?;
         let child = Command::new(shoal_bin())
             .arg("daemon")
             .arg("--data-root")
@@ -157,15 +163,16 @@ impl Daemon {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("starting shoal daemon");
+            .map_err(|e| format!("starting shoal daemon: {e}"))?;
         self.child = Some(child);
         let socket = self.socket();
         let ready = wait_for(Duration::from_secs(20), || {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
         if !ready {
-            panic!("daemon did not come up; its log:\n{}", self.log());
+            return Err(format!("daemon did not come up; its log:\n{}", self.log()));
         }
+        Ok(())
     }
 
     /// The daemon's log so far.
@@ -244,7 +251,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // Remove every container through the daemon, then stop it, then sweep what is left.
+        // Remove every container through the daemon (bringing it back if a test killed
+        // it), then stop it, then sweep what is left.
+        if self.child.is_none() {
+            let _ = self.try_spawn();
+        }
         if self.child.is_some() {
             let ids = self.shoal(&["container", "ls", "-a", "-q", "--no-trunc"]);
             for id in ids.stdout.split_whitespace() {

@@ -93,6 +93,16 @@ fn bridge_publish_egress_and_cleanup() {
         let inspect = d.shoal(&["container", "inspect", "web"]).ok();
         let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
         assert!(!v[0]["ip_address"].as_str().unwrap_or_default().is_empty());
+        // The published port survives a kill -9 of the daemon and comes back with it.
+        // (Loopback clients go through the daemon's proxy, so they wait for the restart.)
+        let mut d = d;
+        d.kill9();
+        d.restart();
+        assert!(
+            wait_for(Duration::from_secs(10), || http_get(18089, "/index.html")
+                .is_some_and(|b| b.contains("hello-from-web"))),
+            "{rt}: the restarted daemon serves the published port again"
+        );
         // A second publish of the same host port is refused with a clear error, and leaves nothing.
         let r = d.shoal(&[
             "container",
