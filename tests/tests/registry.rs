@@ -16,6 +16,11 @@ struct Registry {
 
 impl Registry {
     fn start() -> Option<Registry> {
+        Self::start_with_tls(None)
+    }
+
+    /// Starts the registry; with `tls = Some((cert_pem, key_pem))` it serves HTTPS.
+    fn start_with_tls(tls: Option<(String, String)>) -> Option<Registry> {
         if Command::new("docker-registry")
             .arg("--version")
             .output()
@@ -33,14 +38,20 @@ impl Registry {
             .unwrap()
             .port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+            std::fs::write(dir.path().join("key.pem"), key).unwrap();
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -125,6 +136,57 @@ fn push_then_pull_round_trip() {
     let r = d.shoal(&["image", "pull", "--insecure-registry", &insecure, &missing]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("test/nothing"), "{r:?}");
+}
+
+/// A registry with a certificate from a CA of the test's own: refused until the CA is put
+/// in the daemon's certs.d, then push and pull work over TLS.
+#[test]
+fn tls_registry_with_a_private_ca() {
+    require_kernel!();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let Some(reg) = Registry::start_with_tls(Some((server.pem(), server_key.serialize_pem())))
+    else {
+        return;
+    };
+    let d = Daemon::start("builtin");
+    let host = format!("127.0.0.1:{}", reg.port);
+    let name = format!("{host}/secure/busybox:1");
+    let tar = busybox_tarball().to_string_lossy().into_owned();
+    d.shoal(&["image", "import", &tar, &name]).ok();
+    let r = d.shoal(&["image", "push", &name]);
+    assert_ne!(r.code, 0, "an unknown CA is refused: {r:?}");
+    assert!(
+        r.stderr.contains("certs.d"),
+        "the error says where the CA goes: {r:?}"
+    );
+    let certs = d.data_root.join("certs.d").join(&host);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), ca.pem()).unwrap();
+    let r = d.shoal(&["image", "push", &name]).ok();
+    assert!(r.stdout.contains("pushed"), "{r:?}");
+    d.shoal(&["image", "rm", &name]).ok();
+    d.shoal(&["image", "pull", &name]).ok();
+    let r = d
+        .shoal(&[
+            "container",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &name,
+            "echo",
+            "over-tls",
+        ])
+        .ok();
+    assert_eq!(r.stdout, "over-tls\n");
 }
 
 #[test]

@@ -58,12 +58,41 @@ pub struct RegistryOptions {
     pub username: String,
     /// The password for `username`.
     pub password: String,
+    /// Extra CA certificates (PEM) to trust for this registry.
+    pub ca_certs: Vec<Vec<u8>>,
+}
+
+/// Reads the CA certificates kept for `registry` (`HOST[:PORT]`) under each of `dirs`, as
+/// Docker's `certs.d`: every `*.crt` in `DIR/HOST:PORT/`.
+pub fn ca_certs_for(dirs: &[std::path::PathBuf], registry: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir.join(registry)) else {
+            continue;
+        };
+        let mut files: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        files.sort();
+        out.extend(files.iter().filter_map(|p| std::fs::read(p).ok()));
+    }
+    out
 }
 
 impl RegistryOptions {
     fn client(&self) -> oci_client::Client {
         oci_client::Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
+            extra_root_certificates: self
+                .ca_certs
+                .iter()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..Default::default()
         })
     }
@@ -94,34 +123,52 @@ fn remote(reference: &Reference) -> Result<oci_client::Reference, RegistryError>
 fn registry_error(
     reference: &Reference,
     opts: &RegistryOptions,
-    e: impl std::fmt::Display,
+    e: impl std::error::Error,
 ) -> RegistryError {
+    // The useful part (a refused certificate, a refused connection) is deep in the error's
+    // chain, and only its debug form shows all of it.
     let text = e.to_string();
-    let hint = if text.contains("InvalidContentType")
-        || text.contains("invalid peer certificate")
-        || text.contains("tls")
-        || text.contains("https")
+    let detail = format!("{e:?}");
+    let registry = reference.registry();
+    let (cause, hint) = if detail.contains("UnknownIssuer") || detail.contains("InvalidCertificate")
     {
-        format!(
-            "; if {} serves plain HTTP, pass --insecure-registry {}",
-            reference.registry(),
-            reference.registry()
+        (
+            "the registry's TLS certificate is not trusted".to_string(),
+            format!(
+                "; to trust its CA, put the CA certificate in <data-root>/certs.d/{registry}/ca.crt (or /etc/shoal/certs.d/{registry}/ca.crt)"
+            ),
+        )
+    } else if detail.contains("InvalidContentType") || detail.contains("CorruptMessage") {
+        (
+            "the registry does not speak TLS".to_string(),
+            format!("; if {registry} serves plain HTTP, pass --insecure-registry {registry}"),
+        )
+    } else if detail.contains("ConnectionRefused") {
+        (
+            "connection refused".to_string(),
+            format!("; check that a registry listens on {registry}"),
         )
     } else if text.contains("401") || text.contains("Unauthorized") || text.contains("denied") {
-        if opts.username.is_empty() {
-            "; the registry wants credentials".to_string()
-        } else {
-            "; check the username and password".to_string()
-        }
-    } else if text.contains("404") || text.contains("NotFound") || text.contains("MANIFEST_UNKNOWN")
+        (
+            text.clone(),
+            if opts.username.is_empty() {
+                "; the registry wants credentials".to_string()
+            } else {
+                "; check the username and password".to_string()
+            },
+        )
+    } else if text.contains("404")
+        || text.contains("NotFound")
+        || text.contains("MANIFEST_UNKNOWN")
+        || text.contains("unknown")
     {
-        "; check the repository and tag".to_string()
+        (text.clone(), "; check the repository and tag".to_string())
     } else {
-        String::new()
+        (text.clone(), String::new())
     };
     RegistryError::Registry {
         reference: reference.familiar(),
-        message: format!("{text}{hint}"),
+        message: format!("{cause}{hint}"),
     }
 }
 

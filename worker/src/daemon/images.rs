@@ -20,6 +20,8 @@ pub struct ImagesService {
     pub engine: Arc<Engine>,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Directories of per-registry CA certificates (`certs.d`).
+    pub certs_dirs: Vec<std::path::PathBuf>,
 }
 
 fn image_status(e: ImageError) -> Status {
@@ -87,7 +89,11 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 impl ImagesService {
     /// The daemon's registry settings merged with the request's.
-    fn registry_options(&self, req: Option<pb::RegistryOptions>) -> RegistryOptions {
+    fn registry_options(
+        &self,
+        req: Option<pb::RegistryOptions>,
+        registry: &str,
+    ) -> RegistryOptions {
         let req = req.unwrap_or_default();
         let mut insecure = self.insecure_registries.clone();
         insecure.extend(req.insecure_registries);
@@ -95,6 +101,7 @@ impl ImagesService {
             insecure,
             username: req.username,
             password: req.password,
+            ca_certs: crate::registry::ca_certs_for(&self.certs_dirs, registry),
         }
     }
 }
@@ -129,7 +136,7 @@ where
         if let Err(e) = result {
             let status = match &e {
                 RegistryError::Image(ImageError::NotFound(_)) => Status::not_found(e.to_string()),
-                _ => Status::unavailable(e.to_string()),
+                _ => Status::failed_precondition(e.to_string()),
             };
             let _ = out_tx.send(Err(status)).await;
         }
@@ -174,7 +181,7 @@ impl Images for ImagesService {
     ) -> Result<Response<Self::PullStream>, Status> {
         let r = request.into_inner();
         let reference = Reference::parse(&r.reference).map_err(image_status)?;
-        let opts = self.registry_options(r.registry);
+        let opts = self.registry_options(r.registry, reference.registry());
         let store = self.engine.images().clone();
         Ok(Response::new(progress_stream(move |tx| async move {
             crate::registry::pull(store, &reference, &opts, tx)
@@ -191,7 +198,7 @@ impl Images for ImagesService {
     ) -> Result<Response<Self::PushStream>, Status> {
         let r = request.into_inner();
         let reference = Reference::parse(&r.reference).map_err(image_status)?;
-        let opts = self.registry_options(r.registry);
+        let opts = self.registry_options(r.registry, reference.registry());
         let store = self.engine.images().clone();
         // Fail before streaming when the image is not here.
         let key = reference.to_string();

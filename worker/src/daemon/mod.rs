@@ -93,6 +93,10 @@ pub async fn run(
         .add_service(ImagesServer::new(images::ImagesService {
             engine: engine.clone(),
             insecure_registries: opts.insecure_registries.clone(),
+            certs_dirs: vec![
+                opts.data_root.join("certs.d"),
+                PathBuf::from("/etc/shoal/certs.d"),
+            ],
         }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
