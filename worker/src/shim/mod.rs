@@ -14,7 +14,6 @@ mod io;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::process::Command;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -26,6 +25,7 @@ pub use self::config::{ExitRecord, ShimConfig, StartReport, now_nanos};
 use self::io::LineSplitter;
 use crate::cgroups::{Cgroup, Layout};
 use crate::logs::Stream;
+use crate::runtime::external::External;
 use crate::runtime::{Runtime, RuntimeError, builtin};
 
 /// The hidden subcommand that runs the shim.
@@ -170,54 +170,24 @@ fn start(config: &ShimConfig) -> Result<Started, RuntimeError> {
             if config.private_cgroup2_mount {
                 hide_unified_cgroup_mount()?;
             }
-            let pid_file = config.state_dir.join("init.pid");
-            let runtime_log = config.state_dir.join("runtime.log");
-            let status = Command::new(path)
-                .arg("--root")
-                .arg(&config.runtime_root)
-                .arg("--log")
-                .arg(&runtime_log)
-                .arg("--log-format")
-                .arg("json")
-                .arg("create")
-                .arg("--bundle")
-                .arg(&config.bundle)
-                .arg("--pid-file")
-                .arg(&pid_file)
-                .arg(&config.id)
-                .stdin(null)
-                .stdout(std::process::Stdio::from(out_w))
-                .stderr(std::process::Stdio::from(err_w))
-                .status()
-                .map_err(|e| RuntimeError::io(format!("running {}", path.display()), e))?;
-            if !status.success() {
-                return Err(external_error(name, "create", &runtime_log));
-            }
-            let pid: i32 = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| RuntimeError::External {
-                    runtime: name.clone(),
-                    verb: "create".into(),
-                    message: "it wrote no pid file".into(),
-                })?;
-            let status = Command::new(path)
-                .arg("--root")
-                .arg(&config.runtime_root)
-                .arg("--log")
-                .arg(&runtime_log)
-                .arg("--log-format")
-                .arg("json")
-                .arg("start")
-                .arg(&config.id)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map_err(|e| RuntimeError::io(format!("running {}", path.display()), e))?;
-            if !status.success() {
-                return Err(external_error(name, "start", &runtime_log));
-            }
+            let runtime = External {
+                name,
+                path,
+                root: &config.runtime_root,
+                log: &config.state_dir.join("runtime.log"),
+            };
+            let stdio = builtin::Stdio {
+                stdin: null.into(),
+                stdout: out_w,
+                stderr: err_w,
+            };
+            let pid = runtime.create(
+                &config.id,
+                &config.bundle,
+                &config.state_dir.join("init.pid"),
+                stdio,
+            )?;
+            runtime.start(&config.id)?;
             Ok(Started {
                 pid,
                 stdout: out_r,
@@ -251,48 +221,16 @@ fn hide_unified_cgroup_mount() -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// The last error an external runtime logged, as the user should read it.
-fn external_error(name: &str, verb: &str, log: &Path) -> RuntimeError {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let message = text
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["level"] == "error")
-        .and_then(|v| v["msg"].as_str().map(String::from))
-        .unwrap_or_else(|| text.lines().last().unwrap_or("no message").to_string());
-    // runc words a missing command as "exec: \"x\": executable file not found in $PATH".
-    let exit_code = if message.contains("executable file not found")
-        || message.contains("not found in $PATH")
-        || message.contains("no such file or directory")
-    {
-        127
-    } else if message.contains("permission denied") {
-        126
-    } else {
-        125
-    };
-    let message = if message.starts_with(name) {
-        message
-    } else {
-        format!("{name} {verb}: {message}")
-    };
-    RuntimeError::Start { message, exit_code }
-}
-
 /// Removes what an external runtime keeps about the container.
 fn cleanup_runtime(config: &ShimConfig) {
-    if let Runtime::External { path, .. } = &config.runtime {
-        let _ = Command::new(path)
-            .arg("--root")
-            .arg(&config.runtime_root)
-            .arg("delete")
-            .arg("--force")
-            .arg(&config.id)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+    if let Runtime::External { name, path } = &config.runtime {
+        External {
+            name,
+            path,
+            root: &config.runtime_root,
+            log: &config.state_dir.join("runtime.log"),
+        }
+        .delete(&config.id);
     }
 }
 
