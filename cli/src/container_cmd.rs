@@ -22,6 +22,8 @@ const EXIT_RUN_FAILED: i32 = 125;
 pub enum ContainerCommand {
     /// Create and start a container.
     Run(RunArgs),
+    /// Create a container without starting it (same flags as run; -d and --rm are ignored).
+    Create(RunArgs),
     /// Start stopped containers.
     Start {
         /// Containers by id or name.
@@ -304,7 +306,7 @@ fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
 pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
     // Check flags before connecting, so usage errors come first.
     let spec = match &cmd {
-        ContainerCommand::Run(a) => Some(spec_of(a)?),
+        ContainerCommand::Run(a) | ContainerCommand::Create(a) => Some(spec_of(a)?),
         _ => None,
     };
     let (since, tail) = match &cmd {
@@ -322,6 +324,15 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
     match cmd {
         ContainerCommand::Run(a) => {
             run_container(&mut client, spec.expect("parsed above"), a.detach, a.rm).await
+        }
+        ContainerCommand::Create(_) => {
+            let created = client
+                .create(pb::CreateRequest { spec })
+                .await
+                .map_err(|s| coded(s, EXIT_RUN_FAILED))?
+                .into_inner();
+            println!("{}", created.id);
+            Ok(())
         }
         ContainerCommand::Start { containers } => {
             each(containers, |id| {

@@ -71,6 +71,26 @@ enum Command {
     Container(container_cmd::ContainerCommand),
     /// Run a container (shoal container run).
     Run(container_cmd::RunArgs),
+    /// Create a container (shoal container create).
+    Create(container_cmd::RunArgs),
+    /// Start containers (shoal container start).
+    Start {
+        /// Containers by id or name.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Wait for containers to exit (shoal container wait).
+    Wait {
+        /// Containers by id or name.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show containers in detail (shoal container inspect).
+    Inspect {
+        /// Containers by id or name.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// List containers (shoal container ls).
     Ps(container_cmd::LsArgs),
     /// Show a container's logs (shoal container logs).
@@ -161,6 +181,12 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Image(c) => image_cmd::run(&host, c).await,
         Command::Container(c) => container_cmd::run(&host, c).await,
         Command::Run(a) => container_cmd::run(&host, C::Run(a)).await,
+        Command::Create(a) => container_cmd::run(&host, C::Create(a)).await,
+        Command::Start { containers } => container_cmd::run(&host, C::Start { containers }).await,
+        Command::Wait { containers } => container_cmd::run(&host, C::Wait { containers }).await,
+        Command::Inspect { containers } => {
+            container_cmd::run(&host, C::Inspect { containers }).await
+        }
         Command::Ps(a) => container_cmd::run(&host, C::Ls(a)).await,
         Command::Logs(a) => container_cmd::run(&host, C::Logs(a)).await,
         Command::Exec(a) => container_cmd::run(&host, C::Exec(a)).await,

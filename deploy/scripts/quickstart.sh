@@ -28,9 +28,9 @@ set -x
 "$shoal" -H "$sock" image import "$root/busybox.tar" busybox
 "$shoal" -H "$sock" image ls
 "$shoal" -H "$sock" container run --rm busybox sh -c 'echo "hello from $(hostname), PID $$"; cat /proc/self/status | grep CapEff'
-"$shoal" -H "$sock" container run -d --name web -p 8080:80 busybox httpd -f -p 80 -h /etc
+"$shoal" -H "$sock" container run -d --name web -p 18080:80 busybox httpd -f -p 80 -h /etc
 "$shoal" -H "$sock" container ls
-busybox wget -q -O - http://127.0.0.1:8080/hostname || true
+busybox wget -q -O - http://127.0.0.1:18080/hostname || true
 "$shoal" -H "$sock" container exec web ps
 "$shoal" -H "$sock" container stop -t 1 web
 "$shoal" -H "$sock" container ls -a
