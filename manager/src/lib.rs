@@ -3,5 +3,7 @@
 //! `shoal-worker`; the two meet only through `shoal-api`.
 //!
 //! - [`scheduler`]: the pure core that places tasks on nodes.
+//! - [`store`]: the Raft-replicated store of versioned objects (openraft + redb).
 
 pub mod scheduler;
+pub mod store;
