@@ -2,8 +2,10 @@
 //! state into running tasks (see `../shared/DESIGN.md`). The engine a worker runs lives in
 //! `shoal-worker`; the two meet only through `shoal-api`.
 //!
+//! - [`cluster`]: a manager's Raft node over the store.
 //! - [`scheduler`]: the pure core that places tasks on nodes.
 //! - [`store`]: the Raft-replicated store of versioned objects (openraft + redb).
 
+pub mod cluster;
 pub mod scheduler;
 pub mod store;

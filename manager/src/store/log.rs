@@ -131,14 +131,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta("vote")
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<()> {
-        self.set_meta("committed", &committed)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>> {
-        Ok(self.meta::<Option<LogId<u64>>>("committed")?.flatten())
-    }
-
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
