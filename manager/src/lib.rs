@@ -3,9 +3,11 @@
 //! `shoal-worker`; the two meet only through `shoal-api`.
 //!
 //! - [`cluster`]: a manager's Raft node over the store.
+//! - [`orchestrator`]: the pure cores that turn services into tasks.
 //! - [`scheduler`]: the pure core that places tasks on nodes.
 //! - [`store`]: the Raft-replicated store of versioned objects (openraft + redb).
 
 pub mod cluster;
+pub mod orchestrator;
 pub mod scheduler;
 pub mod store;

@@ -1,0 +1,262 @@
+//! The cluster's objects as the managers store them and the orchestrators reason about
+//! them: services, tasks and nodes. Plain data (serde), no I/O; the store keeps them as
+//! JSON with a version (the Raft index of their last write).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How a service runs its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceMode {
+    /// N tasks in stable slots.
+    #[default]
+    Replicated,
+    /// One task per eligible node.
+    Global,
+    /// N completions, at most `max_concurrent` at once.
+    ReplicatedJob,
+    /// One completion per eligible node.
+    GlobalJob,
+}
+
+/// When a task that stopped is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Never.
+    None,
+    /// When it failed (non-zero exit, or lost).
+    OnFailure,
+    /// Whenever it stopped.
+    #[default]
+    Any,
+}
+
+/// The restart policy of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub condition: RestartCondition,
+    /// Delay before a replacement starts, in milliseconds.
+    pub delay_ms: u64,
+    /// Restarts allowed within `window_ms` (0: unlimited).
+    pub max_attempts: u32,
+    /// The window the attempts are counted in, in milliseconds (0: forever).
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::Any,
+            delay_ms: 5_000,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
+}
+
+/// CPU and memory, for reservations and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResourceAmounts {
+    /// 1e9 per CPU.
+    pub nano_cpus: i64,
+    /// Bytes.
+    pub memory_bytes: i64,
+}
+
+/// What a user asks of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceSpec {
+    /// Unique name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Replaces the image's Cmd when not empty.
+    pub command: Vec<String>,
+    /// `K=V` pairs.
+    pub env: Vec<String>,
+    /// How tasks are run.
+    pub mode: ServiceMode,
+    /// Tasks wanted (replicated modes).
+    pub replicas: u64,
+    /// Tasks running at once (jobs; 0: as many as replicas).
+    pub max_concurrent: u64,
+    /// Placement constraints, as `node.labels.zone==east`.
+    pub constraints: Vec<String>,
+    /// Label keys to spread over, outermost first.
+    pub spread_over: Vec<String>,
+    /// At most this many tasks per node (0: no limit).
+    pub max_replicas_per_node: u32,
+    /// Reserved on the node.
+    pub reservations: ResourceAmounts,
+    /// Enforced by cgroups.
+    pub limits: ResourceAmounts,
+    /// Process limit (0: none).
+    pub pids_limit: i64,
+    /// When tasks are replaced.
+    pub restart: RestartPolicy,
+    /// Bumped by `service update --force` to redeploy without another change.
+    pub force_update: u64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Its id.
+    pub id: String,
+    /// What is wanted now.
+    pub spec: ServiceSpec,
+    /// What was wanted before the last update (for rollback).
+    pub previous_spec: Option<ServiceSpec>,
+}
+
+/// The states of a task, in the only order they may move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Made by an orchestrator.
+    New,
+    /// Resources allocated; waiting for a node.
+    Pending,
+    /// Placed on a node.
+    Assigned,
+    /// The node's agent took it.
+    Accepted,
+    /// Image, network, volumes being prepared.
+    Preparing,
+    /// Prepared.
+    Ready,
+    /// Starting.
+    Starting,
+    /// Running.
+    Running,
+    /// Exited 0.
+    Complete,
+    /// Stopped on request.
+    Shutdown,
+    /// Exited non-zero or could not start.
+    Failed,
+    /// The node refused it.
+    Rejected,
+    /// The node was lost.
+    Orphaned,
+}
+
+impl TaskState {
+    /// Whether the task has stopped for good.
+    pub fn is_terminal(self) -> bool {
+        self >= TaskState::Complete
+    }
+
+    /// Whether a task may move from `self` to `next`: only forward, never back.
+    pub fn can_move_to(self, next: TaskState) -> bool {
+        next > self && !self.is_terminal()
+    }
+}
+
+/// What a task's agent last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// The state.
+    pub state: TaskState,
+    /// When it was reached, in Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// A human explanation ("no suitable node (…)", "exit code 3", an engine error).
+    pub message: String,
+    /// The exit code, once exited.
+    pub exit_code: Option<i32>,
+    /// The engine's container id.
+    pub container_id: String,
+}
+
+/// One run of a service in a slot (replicated) or on a node (global).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Its id.
+    pub id: String,
+    /// Its service.
+    pub service_id: String,
+    /// The slot (replicated, from 1), or 0 (global).
+    pub slot: u64,
+    /// The node (global tasks from the start; others once scheduled).
+    pub node_id: String,
+    /// The spec it runs: the service's at the time it was made.
+    pub spec: ServiceSpec,
+    /// What the managers want of it (written only by managers).
+    pub desired_state: TaskState,
+    /// What the agent reports (written only by the agent and the scheduler's pending
+    /// explanation).
+    pub status: TaskStatus,
+}
+
+/// Whether a node takes tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAvailability {
+    /// Takes new tasks.
+    #[default]
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks move elsewhere.
+    Drain,
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Its id.
+    pub id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// Whether it is a manager.
+    pub manager: bool,
+    /// Whether its agent is connected.
+    pub ready: bool,
+    /// Set by `node update --availability`.
+    pub availability: NodeAvailability,
+    /// Set by `node update --label-add`.
+    pub labels: BTreeMap<String, String>,
+    /// `linux`.
+    pub os: String,
+    /// `x86_64`.
+    pub arch: String,
+    /// What it offers tasks.
+    pub resources: ResourceAmounts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_states_only_move_forward() {
+        use TaskState::*;
+        assert!(New.can_move_to(Pending));
+        assert!(Assigned.can_move_to(Running));
+        assert!(Running.can_move_to(Failed));
+        assert!(!Running.can_move_to(Assigned));
+        assert!(!Failed.can_move_to(Running), "terminal states are final");
+        assert!(!Complete.can_move_to(Shutdown));
+        assert!(Shutdown.is_terminal() && !Running.is_terminal());
+    }
+
+    #[test]
+    fn specs_round_trip_as_json() {
+        let spec = ServiceSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            replicas: 3,
+            mode: ServiceMode::ReplicatedJob,
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"replicated-job\""), "{json}");
+        assert_eq!(serde_json::from_str::<ServiceSpec>(&json).unwrap(), spec);
+    }
+}

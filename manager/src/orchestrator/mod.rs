@@ -1,0 +1,111 @@
+//! The orchestrators' pure cores: a service and its tasks in, proposals out. No clock (the
+//! caller passes `now_ms`), no I/O, and stable output order, so the same store gives the
+//! same proposals on any manager. The driver writes the proposals through Raft with the
+//! versions it read.
+//!
+//! - `replicated`: N tasks in stable slots 1..=N; scale up fills the lowest free slots,
+//!   scale down retires the highest; a stopped task is replaced per the restart policy;
+//!   a task whose spec differs from the service's is replaced (the rolling update, with
+//!   its parallelism, delay and failure action, comes next).
+//! - `global`: one task per eligible node.
+
+pub mod global;
+pub mod replicated;
+
+use shoal_api::types::{RestartCondition, Service, Task, TaskState, TaskStatus};
+
+/// Terminal tasks kept per slot (or node) for `service ps`; older ones are deleted.
+pub const TASK_HISTORY_LIMIT: usize = 5;
+
+/// A change an orchestrator wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal {
+    /// Make a new task (state NEW, desired RUNNING), not before `not_before_ms` (the
+    /// restart delay; 0 for now).
+    Create {
+        /// The task.
+        task: Box<Task>,
+        /// When it may be created, in Unix milliseconds.
+        not_before_ms: i64,
+    },
+    /// Ask a task to stop.
+    Shutdown {
+        /// The task.
+        task_id: String,
+    },
+    /// Forget a terminal task beyond the history limit.
+    Delete {
+        /// The task.
+        task_id: String,
+    },
+}
+
+/// Makes a new task of `service` in `slot` (or on `node_id` for global services).
+pub fn new_task(service: &Service, id: String, slot: u64, node_id: &str, now_ms: i64) -> Task {
+    Task {
+        id,
+        service_id: service.id.clone(),
+        slot,
+        node_id: node_id.to_string(),
+        spec: service.spec.clone(),
+        desired_state: TaskState::Running,
+        status: TaskStatus {
+            state: TaskState::New,
+            timestamp_ms: now_ms,
+            message: "created".into(),
+            exit_code: None,
+            container_id: String::new(),
+        },
+    }
+}
+
+/// Whether a task is (or is meant to be) running: desired RUNNING and not yet stopped.
+pub fn is_live(t: &Task) -> bool {
+    t.desired_state <= TaskState::Running && !t.status.state.is_terminal()
+}
+
+/// Whether a stopped task should be replaced, given the stopped tasks of the same slot
+/// (`history`, the stopped task itself included) and the policy.
+pub fn should_restart(service: &Service, stopped: &Task, history: &[&Task], now_ms: i64) -> bool {
+    let policy = &service.spec.restart;
+    if stopped.desired_state > TaskState::Running {
+        // Stopped on request (an update, a drain): the slot is still wanted, so it is
+        // filled again at once, whatever the restart policy.
+        return true;
+    }
+    let failed = matches!(
+        stopped.status.state,
+        TaskState::Failed | TaskState::Rejected | TaskState::Orphaned
+    );
+    let wanted = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => failed,
+        RestartCondition::Any => true,
+    };
+    if !wanted {
+        return false;
+    }
+    if policy.max_attempts == 0 {
+        return true;
+    }
+    let restarts = history
+        .iter()
+        .filter(|t| t.desired_state <= TaskState::Running && t.status.state.is_terminal())
+        .filter(|t| {
+            policy.window_ms == 0 || now_ms - t.status.timestamp_ms <= policy.window_ms as i64
+        })
+        .count();
+    // The first run is not a restart.
+    restarts <= policy.max_attempts as usize
+}
+
+/// Proposals that trim the terminal tasks of one slot to the history limit, oldest first.
+fn trim_history(stopped: &mut [&Task], out: &mut Vec<Proposal>) {
+    stopped.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
+    let excess = stopped.len().saturating_sub(TASK_HISTORY_LIMIT);
+    for t in &stopped[..excess] {
+        out.push(Proposal::Delete {
+            task_id: t.id.clone(),
+        });
+    }
+}
