@@ -5,9 +5,11 @@
 //! - [`cluster`]: a manager's Raft node over the store.
 //! - [`orchestrator`]: the pure cores that turn services into tasks.
 //! - [`scheduler`]: the pure core that places tasks on nodes.
+//! - [`pipeline`]: the leader's loop around the cores.
 //! - [`store`]: the Raft-replicated store of versioned objects (openraft + redb).
 
 pub mod cluster;
 pub mod orchestrator;
+pub mod pipeline;
 pub mod scheduler;
 pub mod store;

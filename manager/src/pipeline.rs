@@ -1,0 +1,372 @@
+//! The leader's pipeline around the pure cores: read the store, let the orchestrators,
+//! the allocator step and the scheduler propose, and write their proposals through Raft
+//! with the versions that were read (a write that lost a race is simply proposed again
+//! on the next pass). Every pass reconciles the whole store, so a new leader that missed
+//! events catches up on its first pass.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shoal_api::types::{Node, Service, ServiceMode, Task, TaskState};
+
+use crate::cluster::{ClusterError, ClusterStore};
+use crate::orchestrator::{self, Proposal};
+use crate::scheduler::{self, Constraint, Decision, NodeInfo, Resources, Scheduler, TaskRequest};
+use crate::store::{Command, Versioned};
+
+/// Object kinds in the store.
+pub mod kinds {
+    /// Services.
+    pub const SERVICE: &str = "service";
+    /// Tasks.
+    pub const TASK: &str = "task";
+    /// Nodes.
+    pub const NODE: &str = "node";
+}
+
+fn load<T: serde::de::DeserializeOwned>(
+    store: &ClusterStore,
+    kind: &str,
+) -> Result<Vec<(T, u64)>, ClusterError> {
+    store
+        .list(kind)?
+        .into_iter()
+        .map(|(_, v): (String, Versioned)| {
+            serde_json::from_value(v.value)
+                .map(|t| (t, v.version))
+                .map_err(|e| ClusterError::Read(format!("a stored {kind} is malformed: {e}")))
+        })
+        .collect()
+}
+
+fn put_task(task: &Task, expected: u64) -> Command {
+    Command::Put {
+        kind: kinds::TASK.into(),
+        id: task.id.clone(),
+        value: serde_json::to_value(task).unwrap_or_default(),
+        expected_version: Some(expected),
+    }
+}
+
+/// What one pass wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    /// Tasks created.
+    pub created: usize,
+    /// Tasks asked to shut down.
+    pub shut_down: usize,
+    /// Tasks forgotten.
+    pub deleted: usize,
+    /// Tasks moved to PENDING.
+    pub allocated: usize,
+    /// Tasks placed on a node.
+    pub assigned: usize,
+    /// Tasks that no node could take this pass.
+    pub unschedulable: usize,
+}
+
+impl PassReport {
+    /// Whether the pass changed anything.
+    pub fn changed(&self) -> bool {
+        self.created + self.shut_down + self.deleted + self.allocated + self.assigned > 0
+    }
+}
+
+/// The pipeline of a leading manager.
+pub struct Pipeline {
+    store: Arc<ClusterStore>,
+    node_id: u64,
+    counter: AtomicU64,
+}
+
+impl Pipeline {
+    /// A pipeline writing through `store`; `node_id` keeps task ids unique across managers.
+    pub fn new(store: Arc<ClusterStore>, node_id: u64) -> Pipeline {
+        Pipeline {
+            store,
+            node_id,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next_id(&self, now_ms: i64) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:x}{:04x}{:06x}",
+            now_ms,
+            self.node_id & 0xffff,
+            n & 0xff_ffff
+        )
+    }
+
+    /// One pass over the whole store at time `now_ms`.
+    pub async fn reconcile(&self, now_ms: i64) -> Result<PassReport, ClusterError> {
+        let mut report = PassReport::default();
+        self.orchestrate(now_ms, &mut report).await?;
+        self.allocate(&mut report).await?;
+        self.schedule(now_ms, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn orchestrate(&self, now_ms: i64, report: &mut PassReport) -> Result<(), ClusterError> {
+        let services: Vec<(Service, u64)> = load(&self.store, kinds::SERVICE)?;
+        let tasks: Vec<(Task, u64)> = load(&self.store, kinds::TASK)?;
+        let nodes: Vec<Node> = load::<Node>(&self.store, kinds::NODE)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let versions: HashMap<&str, u64> = tasks.iter().map(|(t, v)| (t.id.as_str(), *v)).collect();
+        let by_id: HashMap<&str, &Task> = tasks.iter().map(|(t, _)| (t.id.as_str(), t)).collect();
+        let all: Vec<Task> = tasks.iter().map(|(t, _)| t.clone()).collect();
+        let mut commands = Vec::new();
+        let mut next = || self.next_id(now_ms);
+        let known: std::collections::HashSet<&str> =
+            services.iter().map(|(s, _)| s.id.as_str()).collect();
+        for (service, _) in &services {
+            let proposals = match service.spec.mode {
+                ServiceMode::Global => {
+                    orchestrator::global::reconcile(service, &all, &nodes, now_ms, &mut next)
+                }
+                _ => orchestrator::replicated::reconcile(service, &all, now_ms, &mut next),
+            };
+            for p in proposals {
+                match p {
+                    Proposal::Create {
+                        task,
+                        not_before_ms,
+                    } => {
+                        if not_before_ms <= now_ms {
+                            commands.push(put_task(&task, 0));
+                            report.created += 1;
+                        }
+                    }
+                    Proposal::Shutdown { task_id } => {
+                        if let Some(t) = by_id.get(task_id.as_str()) {
+                            let mut t = (*t).clone();
+                            t.desired_state = TaskState::Shutdown;
+                            commands.push(put_task(&t, versions[task_id.as_str()]));
+                            report.shut_down += 1;
+                        }
+                    }
+                    Proposal::Delete { task_id } => {
+                        commands.push(Command::Delete {
+                            kind: kinds::TASK.into(),
+                            id: task_id.clone(),
+                            expected_version: versions.get(task_id.as_str()).copied(),
+                        });
+                        report.deleted += 1;
+                    }
+                }
+            }
+        }
+        // Tasks of removed services: stop the live ones, forget the stopped ones.
+        for (t, v) in &tasks {
+            if known.contains(t.service_id.as_str()) {
+                continue;
+            }
+            if orchestrator::is_live(t) {
+                let mut t = t.clone();
+                t.desired_state = TaskState::Shutdown;
+                commands.push(put_task(&t, *v));
+                report.shut_down += 1;
+            } else if t.status.state.is_terminal() {
+                commands.push(Command::Delete {
+                    kind: kinds::TASK.into(),
+                    id: t.id.clone(),
+                    expected_version: Some(*v),
+                });
+                report.deleted += 1;
+            }
+        }
+        self.write_each(commands).await
+    }
+
+    /// The allocator step: nothing to allocate on a single bridge yet (networks, VIPs and
+    /// ports come with issue 5), so NEW tasks become PENDING.
+    async fn allocate(&self, report: &mut PassReport) -> Result<(), ClusterError> {
+        let tasks: Vec<(Task, u64)> = load(&self.store, kinds::TASK)?;
+        let mut commands = Vec::new();
+        for (mut t, v) in tasks {
+            if t.status.state == TaskState::New && t.desired_state <= TaskState::Running {
+                t.status.state = TaskState::Pending;
+                t.status.message = "pending".into();
+                commands.push(put_task(&t, v));
+                report.allocated += 1;
+            }
+        }
+        self.write_each(commands).await
+    }
+
+    async fn schedule(&self, now_ms: i64, report: &mut PassReport) -> Result<(), ClusterError> {
+        let tasks: Vec<(Task, u64)> = load(&self.store, kinds::TASK)?;
+        let nodes: Vec<Node> = load::<Node>(&self.store, kinds::NODE)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let mut sched = Scheduler::new(nodes.iter().map(node_info).collect());
+        for (t, _) in &tasks {
+            if !t.node_id.is_empty()
+                && orchestrator::is_live(t)
+                && t.status.state >= TaskState::Assigned
+            {
+                sched.add_existing(&t.node_id, &t.service_id, reservations(t), &[]);
+            }
+            if t.status.state == TaskState::Failed && !t.node_id.is_empty() {
+                sched.record_failure(&t.node_id, &t.service_id);
+            }
+        }
+        let pending: Vec<&(Task, u64)> = tasks
+            .iter()
+            .filter(|(t, _)| {
+                t.status.state == TaskState::Pending && t.desired_state <= TaskState::Running
+            })
+            .collect();
+        // Group by service so tasks that place alike are scheduled together.
+        let mut ordered: Vec<&(Task, u64)> = pending.clone();
+        ordered.sort_by(|a, b| {
+            (&a.0.service_id, a.0.slot, &a.0.id).cmp(&(&b.0.service_id, b.0.slot, &b.0.id))
+        });
+        let mut requests = Vec::new();
+        let mut pinned = Vec::new();
+        for (t, v) in ordered.iter().map(|x| (&x.0, x.1)) {
+            if t.node_id.is_empty() {
+                requests.push((request(t), t, v));
+            } else {
+                pinned.push((t, v)); // global tasks name their node already
+            }
+        }
+        let decisions = sched.schedule(
+            &requests
+                .iter()
+                .map(|(r, _, _)| r.clone())
+                .collect::<Vec<_>>(),
+        );
+        let mut commands = Vec::new();
+        for (decision, (_, t, v)) in decisions.iter().zip(&requests) {
+            let mut t = (*t).clone();
+            match decision {
+                Decision::Assigned { node_id, .. } => {
+                    t.node_id = node_id.clone();
+                    t.status.state = TaskState::Assigned;
+                    t.status.message = format!("assigned to {node_id}");
+                    t.status.timestamp_ms = now_ms;
+                    report.assigned += 1;
+                }
+                Decision::Unschedulable { reason, .. } => {
+                    report.unschedulable += 1;
+                    if t.status.message == *reason {
+                        continue;
+                    }
+                    t.status.message = reason.clone();
+                }
+            }
+            commands.push(put_task(&t, *v));
+        }
+        for (t, v) in pinned {
+            let mut t = t.clone();
+            t.status.state = TaskState::Assigned;
+            t.status.message = format!("assigned to {}", t.node_id);
+            t.status.timestamp_ms = now_ms;
+            commands.push(put_task(&t, v));
+            report.assigned += 1;
+        }
+        self.write_each(commands).await
+    }
+
+    /// Writes commands one by one: a conflict only skips that write (the next pass sees
+    /// the newer object and proposes again).
+    async fn write_each(&self, commands: Vec<Command>) -> Result<(), ClusterError> {
+        for c in commands {
+            self.store.write(c).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs passes whenever the store changes, and at least every `tick` (restart delays),
+    /// until `stop` resolves.
+    pub async fn run(&self, tick: Duration, stop: impl std::future::Future<Output = ()>) {
+        let mut events = self.store.subscribe();
+        tokio::pin!(stop);
+        loop {
+            let now_ms = now_ms();
+            match self.reconcile(now_ms).await {
+                Ok(r) if r.changed() => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reconcile pass failed: {e}"),
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = events.recv() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+}
+
+/// The current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn node_info(n: &Node) -> NodeInfo {
+    NodeInfo {
+        id: n.id.clone(),
+        hostname: n.hostname.clone(),
+        manager: n.manager,
+        ready: n.ready,
+        availability: match n.availability {
+            shoal_api::types::NodeAvailability::Active => scheduler::Availability::Active,
+            shoal_api::types::NodeAvailability::Pause => scheduler::Availability::Pause,
+            shoal_api::types::NodeAvailability::Drain => scheduler::Availability::Drain,
+        },
+        labels: n.labels.clone(),
+        os: n.os.clone(),
+        arch: n.arch.clone(),
+        capacity: Resources {
+            nano_cpus: n.resources.nano_cpus,
+            memory_bytes: n.resources.memory_bytes,
+        },
+    }
+}
+
+fn reservations(t: &Task) -> Resources {
+    Resources {
+        nano_cpus: t.spec.reservations.nano_cpus,
+        memory_bytes: t.spec.reservations.memory_bytes,
+    }
+}
+
+fn request(t: &Task) -> TaskRequest {
+    TaskRequest {
+        task_id: t.id.clone(),
+        service_id: t.service_id.clone(),
+        reservations: reservations(t),
+        constraints: t
+            .spec
+            .constraints
+            .iter()
+            .filter_map(|c| Constraint::parse(c).ok())
+            .collect(),
+        spread_over: t.spec.spread_over.clone(),
+        max_replicas_per_node: t.spec.max_replicas_per_node,
+        host_ports: Vec::new(),
+        platforms: Vec::new(),
+    }
+}
+
+/// Counts tasks by (service, state) — for tests and `service ls`.
+pub fn census(store: &ClusterStore) -> Result<BTreeMap<(String, TaskState), usize>, ClusterError> {
+    let mut out = BTreeMap::new();
+    for (t, _) in load::<Task>(store, kinds::TASK)? {
+        *out.entry((t.service_id, t.status.state)).or_default() += 1;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

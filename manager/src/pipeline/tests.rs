@@ -1,0 +1,188 @@
+//! The pipeline in process: one manager, fake nodes, and a fake agent that reports what
+//! an engine would.
+
+use std::sync::Arc;
+
+use shoal_api::types::{NodeAvailability, ResourceAmounts, ServiceSpec};
+
+use super::*;
+use crate::cluster::Timings;
+use crate::store::CommandResult;
+
+async fn store() -> (tempfile::TempDir, Arc<ClusterStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ClusterStore::open(dir.path(), 1, &Timings::default())
+        .await
+        .unwrap();
+    s.bootstrap("127.0.0.1:4242").await.unwrap();
+    (dir, Arc::new(s))
+}
+
+async fn put<T: serde::Serialize>(s: &ClusterStore, kind: &str, id: &str, value: &T) {
+    let r = s
+        .write(Command::Put {
+            kind: kind.into(),
+            id: id.into(),
+            value: serde_json::to_value(value).unwrap(),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, CommandResult::Applied(_)));
+}
+
+fn node(id: &str) -> Node {
+    Node {
+        id: id.into(),
+        hostname: id.into(),
+        manager: false,
+        ready: true,
+        availability: NodeAvailability::Active,
+        labels: Default::default(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        resources: ResourceAmounts {
+            nano_cpus: 2_000_000_000,
+            memory_bytes: 1 << 30,
+        },
+    }
+}
+
+fn service(replicas: u64) -> Service {
+    Service {
+        id: "svc1".into(),
+        spec: ServiceSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            replicas,
+            ..Default::default()
+        },
+        previous_spec: None,
+    }
+}
+
+/// What an agent would report: assigned tasks run, tasks asked to stop stop.
+async fn fake_agent(s: &ClusterStore, fail: &[&str]) {
+    for (mut t, v) in load::<Task>(s, kinds::TASK).unwrap() {
+        let next = if t.desired_state == TaskState::Shutdown && !t.status.state.is_terminal() {
+            TaskState::Shutdown
+        } else if t.status.state == TaskState::Assigned {
+            if fail.contains(&t.node_id.as_str()) {
+                TaskState::Failed
+            } else {
+                TaskState::Running
+            }
+        } else {
+            continue;
+        };
+        t.status.state = next;
+        s.write(put_task(&t, v)).await.unwrap();
+    }
+}
+
+async fn converge(p: &Pipeline, s: &ClusterStore, now: i64, fail: &[&str]) {
+    for _ in 0..10 {
+        let r = p.reconcile(now).await.unwrap();
+        fake_agent(s, fail).await;
+        if !r.changed() {
+            return;
+        }
+    }
+}
+
+fn running_per_node(s: &ClusterStore) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (t, _) in load::<Task>(s, kinds::TASK).unwrap() {
+        if t.status.state == TaskState::Running {
+            *out.entry(t.node_id).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_runs_spreads_scales_and_is_removed() {
+    let (_d, s) = store().await;
+    put(&s, kinds::NODE, "n1", &node("n1")).await;
+    put(&s, kinds::NODE, "n2", &node("n2")).await;
+    put(&s, kinds::SERVICE, "svc1", &service(3)).await;
+    let p = Pipeline::new(s.clone(), 1);
+    converge(&p, &s, 1_000, &[]).await;
+    let per_node = running_per_node(&s);
+    assert_eq!(per_node.values().sum::<usize>(), 3);
+    assert!(
+        per_node.values().all(|n| *n == 1 || *n == 2),
+        "{per_node:?}"
+    );
+    // Slots are 1..=3, each once.
+    let mut slots: Vec<u64> = load::<Task>(&s, kinds::TASK)
+        .unwrap()
+        .iter()
+        .map(|(t, _)| t.slot)
+        .collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2, 3]);
+
+    put(&s, kinds::SERVICE, "svc1", &service(1)).await;
+    converge(&p, &s, 2_000, &[]).await;
+    assert_eq!(running_per_node(&s).values().sum::<usize>(), 1);
+
+    s.write(Command::Delete {
+        kind: kinds::SERVICE.into(),
+        id: "svc1".into(),
+        expected_version: None,
+    })
+    .await
+    .unwrap();
+    converge(&p, &s, 3_000, &[]).await;
+    assert!(running_per_node(&s).is_empty());
+    converge(&p, &s, 4_000, &[]).await;
+    assert!(
+        load::<Task>(&s, kinds::TASK).unwrap().is_empty(),
+        "stopped tasks of a removed service are forgotten"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tasks_are_replaced_after_the_delay_and_unplaceable_ones_say_why() {
+    let (_d, s) = store().await;
+    put(&s, kinds::NODE, "bad", &node("bad")).await;
+    let mut svc = service(1);
+    svc.spec.restart.delay_ms = 5_000;
+    put(&s, kinds::SERVICE, "svc1", &svc).await;
+    let p = Pipeline::new(s.clone(), 1);
+    converge(&p, &s, 1_000, &["bad"]).await;
+    let census1 = census(&s).unwrap();
+    assert_eq!(census1.get(&("svc1".into(), TaskState::Failed)), Some(&1));
+    // Before the delay nothing new; after it, a replacement.
+    p.reconcile(2_000).await.unwrap();
+    assert_eq!(load::<Task>(&s, kinds::TASK).unwrap().len(), 1);
+    converge(&p, &s, 10_000, &[]).await;
+    assert_eq!(
+        census(&s)
+            .unwrap()
+            .get(&("svc1".into(), TaskState::Running)),
+        Some(&1)
+    );
+
+    // A service that wants more memory than any node has: pending, with the reason.
+    let mut big = service(1);
+    big.id = "big".into();
+    big.spec.reservations.memory_bytes = 64 << 30;
+    put(&s, kinds::SERVICE, "big", &big).await;
+    converge(&p, &s, 20_000, &[]).await;
+    let pending: Vec<Task> = load::<Task>(&s, kinds::TASK)
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| t.service_id == "big")
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].status.state, TaskState::Pending);
+    assert_eq!(
+        pending[0].status.message,
+        "no suitable node (1 node: insufficient memory)"
+    );
+    s.shutdown().await;
+}
