@@ -3,6 +3,18 @@
 
 pub mod types;
 
+/// The control API of managers: cluster, services, tasks, nodes.
+pub mod control {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("shoal.control.v1");
+}
+
+/// The dispatcher API between managers and agents.
+pub mod dispatcher {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("shoal.dispatcher.v1");
+}
+
 /// The local engine API: images and containers on one node.
 pub mod engine {
     #![allow(missing_docs, clippy::all)]

@@ -12,4 +12,5 @@ pub mod cluster;
 pub mod orchestrator;
 pub mod pipeline;
 pub mod scheduler;
+pub mod server;
 pub mod store;
