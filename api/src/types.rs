@@ -104,6 +104,17 @@ pub struct ServiceSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+impl ServiceSpec {
+    /// Whether tasks made from `self` and `other` run alike: everything but how many of
+    /// them there are. A scale changes no task; any other change replaces them.
+    pub fn same_task_template(&self, other: &ServiceSpec) -> bool {
+        let mut a = self.clone();
+        a.replicas = other.replicas;
+        a.max_concurrent = other.max_concurrent;
+        a == *other
+    }
+}
+
 /// A service as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
@@ -244,6 +255,20 @@ mod tests {
         assert!(!Failed.can_move_to(Running), "terminal states are final");
         assert!(!Complete.can_move_to(Shutdown));
         assert!(Shutdown.is_terminal() && !Running.is_terminal());
+    }
+
+    #[test]
+    fn scaling_keeps_the_task_template() {
+        let a = ServiceSpec {
+            name: "web".into(),
+            replicas: 3,
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.replicas = 1;
+        assert!(a.same_task_template(&b));
+        b.image = "other".into();
+        assert!(!a.same_task_template(&b));
     }
 
     #[test]

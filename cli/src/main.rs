@@ -2,9 +2,11 @@
 
 mod args;
 mod client;
+mod cluster_cmd;
 mod container_cmd;
 mod image_cmd;
 mod output;
+mod service_cmd;
 
 use std::path::PathBuf;
 
@@ -69,6 +71,16 @@ enum Command {
     /// Manage containers.
     #[command(subcommand)]
     Container(container_cmd::ContainerCommand),
+    /// Make this node the first manager of a new cluster.
+    Init,
+    /// Show the cluster and this node's part in it.
+    Info,
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service_cmd::ServiceCommand),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Run a container (shoal container run).
     Run(container_cmd::RunArgs),
     /// Create a container (shoal container create).
@@ -111,6 +123,31 @@ enum Command {
     Push(image_cmd::PushArgs),
 }
 
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// `table` (default) or `json`.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Change a node's availability or labels.
+    Update {
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add a label K=V.
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label.
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// The node (id or hostname).
+        node: String,
+    },
+}
+
 #[derive(clap::Args)]
 struct DaemonArgs {
     /// Persistent state: images, containers, layers.
@@ -129,7 +166,7 @@ struct DaemonArgs {
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info,openraft=warn")]
     log_level: String,
 }
 
@@ -180,6 +217,18 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Daemon(_) => unreachable!("handled before"),
         Command::Image(c) => image_cmd::run(&host, c).await,
         Command::Container(c) => container_cmd::run(&host, c).await,
+        Command::Init => cluster_cmd::init(&host).await,
+        Command::Info => cluster_cmd::info(&host).await,
+        Command::Service(c) => service_cmd::run(&host, c).await,
+        Command::Node(NodeCommand::Ls { format }) => {
+            cluster_cmd::node_ls(&host, format == "json").await
+        }
+        Command::Node(NodeCommand::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        }) => cluster_cmd::node_update(&host, node, availability, label_add, label_rm).await,
         Command::Run(a) => container_cmd::run(&host, C::Run(a)).await,
         Command::Create(a) => container_cmd::run(&host, C::Create(a)).await,
         Command::Start { containers } => container_cmd::run(&host, C::Start { containers }).await,
@@ -226,7 +275,11 @@ async fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    shoal_worker::daemon::run(opts, shutdown)
+    let node = cluster_cmd::self_node(&opts.data_root)?;
+    let run_root = opts.run_root.clone();
+    let manager_dir = opts.data_root.join("manager");
+    let extend = move |engine| cluster_cmd::manager_routes(engine, node, manager_dir, run_root);
+    shoal_worker::daemon::run(opts, shutdown, extend)
         .await
         .map_err(|e| match e {
             shoal_worker::daemon::DaemonError::Config(m) => {

@@ -91,14 +91,20 @@ impl Pipeline {
         }
     }
 
+    /// A new task id: random, so that short prefixes tell tasks apart; the manager's id and
+    /// a counter keep it unique even if the random source fails.
     fn next_id(&self, now_ms: i64) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{:x}{:04x}{:06x}",
-            now_ms,
-            self.node_id & 0xffff,
-            n & 0xff_ffff
-        )
+        let mut buf = [0u8; 10];
+        let random = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+            .is_ok();
+        if random {
+            let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{hex}{:x}{n:x}", self.node_id)
+        } else {
+            format!("{n:08x}{now_ms:x}{:x}", self.node_id)
+        }
     }
 
     /// One pass over the whole store at time `now_ms`.

@@ -12,7 +12,9 @@ use shoal_api::control as pc;
 use shoal_api::control::control_server::Control;
 use shoal_api::dispatcher as pd;
 use shoal_api::dispatcher::dispatcher_server::Dispatcher;
-use shoal_api::types::{Node, NodeAvailability, ResourceAmounts, Service, ServiceSpec, Task, TaskState};
+use shoal_api::types::{
+    Node, NodeAvailability, ResourceAmounts, Service, ServiceSpec, Task, TaskState,
+};
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 
@@ -45,7 +47,11 @@ impl Manager {
         let store = Arc::new(ClusterStore::open(&dir, 1, &Timings::default()).await?);
         store.bootstrap("local").await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let m = Arc::new(Manager { store: store.clone(), node: node.clone(), stop });
+        let m = Arc::new(Manager {
+            store: store.clone(),
+            node: node.clone(),
+            stop,
+        });
         m.put_node(false).await?;
         let pipeline = Pipeline::new(store, 1);
         tokio::spawn(async move {
@@ -157,21 +163,30 @@ impl ManagerService {
 
 async fn find_service(m: &Manager, key: &str) -> Result<(Service, u64), Status> {
     if let Some(v) = m.store.get(kinds::SERVICE, key).map_err(internal)? {
-        let s: Service = serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
+        let s: Service =
+            serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
         return Ok((s, v.version));
     }
     for (_, v) in m.store.list(kinds::SERVICE).map_err(internal)? {
-        let s: Service = serde_json::from_value(v.value.clone()).map_err(|e| Status::internal(e.to_string()))?;
+        let s: Service =
+            serde_json::from_value(v.value.clone()).map_err(|e| Status::internal(e.to_string()))?;
         if s.spec.name == key || (key.len() >= 4 && s.id.starts_with(key)) {
             return Ok((s, v.version));
         }
     }
-    Err(Status::not_found(format!("service {key} not found (see \"shoal service ls\")")))
+    Err(Status::not_found(format!(
+        "service {key} not found (see \"shoal service ls\")"
+    )))
 }
 
 fn check_spec(spec: &ServiceSpec) -> Result<(), Status> {
     let bad = |m: String| Err(Status::invalid_argument(m));
-    if spec.name.is_empty() || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if spec.name.is_empty()
+        || !spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return bad(format!(
             "invalid service name \"{}\": use letters, digits, '-' and '_'",
             spec.name
@@ -181,7 +196,8 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), Status> {
         return bad("no image given: name one, for example busybox".into());
     }
     for c in &spec.constraints {
-        crate::scheduler::Constraint::parse(c).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::scheduler::Constraint::parse(c)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
     }
     Ok(())
 }
@@ -217,7 +233,10 @@ impl Control for ManagerService {
             }));
         };
         let nodes = m.store.list(kinds::NODE).map_err(internal)?;
-        let managers = nodes.iter().filter(|(_, v)| v.value["manager"] == true).count();
+        let managers = nodes
+            .iter()
+            .filter(|(_, v)| v.value["manager"] == true)
+            .count();
         let tasks = m.store.list(kinds::TASK).map_err(internal)?;
         Ok(Response::new(pc::InfoReply {
             swarm_active: true,
@@ -227,11 +246,17 @@ impl Control for ManagerService {
             managers: managers as u32,
             nodes: nodes.len() as u32,
             services: m.store.list(kinds::SERVICE).map_err(internal)?.len() as u32,
-            tasks_running: tasks.iter().filter(|(_, v)| v.value["status"]["state"] == "running").count() as u32,
+            tasks_running: tasks
+                .iter()
+                .filter(|(_, v)| v.value["status"]["state"] == "running")
+                .count() as u32,
         }))
     }
 
-    async fn create_service(&self, r: Request<pc::CreateServiceRequest>) -> Result<Response<pc::ObjectReply>, Status> {
+    async fn create_service(
+        &self,
+        r: Request<pc::CreateServiceRequest>,
+    ) -> Result<Response<pc::ObjectReply>, Status> {
         let m = self.active().await?;
         let spec: ServiceSpec = serde_json::from_str(&r.into_inner().spec_json)
             .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))?;
@@ -244,8 +269,16 @@ impl Control for ManagerService {
                 )));
             }
         }
-        let id = format!("{:x}{:x}", now_ms(), std::process::id());
-        let service = Service { id: id.clone(), spec, previous_spec: None };
+        let mut buf = [0u8; 12];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+            .map_err(|e| Status::internal(format!("making a service id: {e}")))?;
+        let id: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+        let service = Service {
+            id: id.clone(),
+            spec,
+            previous_spec: None,
+        };
         let r = m
             .store
             .write(Command::Put {
@@ -261,11 +294,18 @@ impl Control for ManagerService {
             other => return Err(Status::aborted(format!("{other:?}"))),
         };
         Ok(Response::new(pc::ObjectReply {
-            object: Some(pc::Object { id, version, json: serde_json::to_string(&service).unwrap_or_default() }),
+            object: Some(pc::Object {
+                id,
+                version,
+                json: serde_json::to_string(&service).unwrap_or_default(),
+            }),
         }))
     }
 
-    async fn update_service(&self, r: Request<pc::UpdateServiceRequest>) -> Result<Response<pc::ObjectReply>, Status> {
+    async fn update_service(
+        &self,
+        r: Request<pc::UpdateServiceRequest>,
+    ) -> Result<Response<pc::ObjectReply>, Status> {
         let m = self.active().await?;
         let r = r.into_inner();
         let (mut service, version) = find_service(&m, &r.service).await?;
@@ -277,7 +317,10 @@ impl Control for ManagerService {
         }
         let new_spec = if r.rollback {
             service.previous_spec.clone().ok_or_else(|| {
-                Status::failed_precondition(format!("service {} has no previous spec to roll back to", service.spec.name))
+                Status::failed_precondition(format!(
+                    "service {} has no previous spec to roll back to",
+                    service.spec.name
+                ))
             })?
         } else {
             serde_json::from_str(&r.spec_json)
@@ -303,11 +346,16 @@ impl Control for ManagerService {
                     json: serde_json::to_string(&service).unwrap_or_default(),
                 }),
             })),
-            _ => Err(Status::aborted("the service changed while updating it: retry")),
+            _ => Err(Status::aborted(
+                "the service changed while updating it: retry",
+            )),
         }
     }
 
-    async fn remove_service(&self, r: Request<pc::RemoveRequest>) -> Result<Response<pc::RemoveReply>, Status> {
+    async fn remove_service(
+        &self,
+        r: Request<pc::RemoveRequest>,
+    ) -> Result<Response<pc::RemoveReply>, Status> {
         let m = self.active().await?;
         let (service, version) = find_service(&m, &r.into_inner().id).await?;
         m.store
@@ -321,42 +369,81 @@ impl Control for ManagerService {
         Ok(Response::new(pc::RemoveReply {}))
     }
 
-    async fn get_service(&self, r: Request<pc::GetRequest>) -> Result<Response<pc::ObjectReply>, Status> {
+    async fn get_service(
+        &self,
+        r: Request<pc::GetRequest>,
+    ) -> Result<Response<pc::ObjectReply>, Status> {
         let m = self.active().await?;
         let (s, version) = find_service(&m, &r.into_inner().id).await?;
         Ok(Response::new(pc::ObjectReply {
-            object: Some(pc::Object { id: s.id.clone(), version, json: serde_json::to_string(&s).unwrap_or_default() }),
+            object: Some(pc::Object {
+                id: s.id.clone(),
+                version,
+                json: serde_json::to_string(&s).unwrap_or_default(),
+            }),
         }))
     }
 
-    async fn list_services(&self, _r: Request<pc::ListRequest>) -> Result<Response<pc::ListReply>, Status> {
+    async fn list_services(
+        &self,
+        _r: Request<pc::ListRequest>,
+    ) -> Result<Response<pc::ListReply>, Status> {
         let m = self.active().await?;
-        let objects = m.store.list(kinds::SERVICE).map_err(internal)?.iter().map(|(id, v)| object(id, v)).collect();
-        Ok(Response::new(pc::ListReply { objects }))
-    }
-
-    async fn list_tasks(&self, r: Request<pc::ListTasksRequest>) -> Result<Response<pc::ListReply>, Status> {
-        let m = self.active().await?;
-        let filter = r.into_inner().service;
-        let service_id = if filter.is_empty() { None } else { Some(find_service(&m, &filter).await?.0.id) };
         let objects = m
             .store
-            .list(kinds::TASK)
+            .list(kinds::SERVICE)
             .map_err(internal)?
             .iter()
-            .filter(|(_, v)| service_id.as_deref().is_none_or(|s| v.value["service_id"] == s))
             .map(|(id, v)| object(id, v))
             .collect();
         Ok(Response::new(pc::ListReply { objects }))
     }
 
-    async fn list_nodes(&self, _r: Request<pc::ListRequest>) -> Result<Response<pc::ListReply>, Status> {
+    async fn list_tasks(
+        &self,
+        r: Request<pc::ListTasksRequest>,
+    ) -> Result<Response<pc::ListReply>, Status> {
         let m = self.active().await?;
-        let objects = m.store.list(kinds::NODE).map_err(internal)?.iter().map(|(id, v)| object(id, v)).collect();
+        let filter = r.into_inner().service;
+        let service_id = if filter.is_empty() {
+            None
+        } else {
+            Some(find_service(&m, &filter).await?.0.id)
+        };
+        let objects = m
+            .store
+            .list(kinds::TASK)
+            .map_err(internal)?
+            .iter()
+            .filter(|(_, v)| {
+                service_id
+                    .as_deref()
+                    .is_none_or(|s| v.value["service_id"] == s)
+            })
+            .map(|(id, v)| object(id, v))
+            .collect();
         Ok(Response::new(pc::ListReply { objects }))
     }
 
-    async fn update_node(&self, r: Request<pc::UpdateNodeRequest>) -> Result<Response<pc::ObjectReply>, Status> {
+    async fn list_nodes(
+        &self,
+        _r: Request<pc::ListRequest>,
+    ) -> Result<Response<pc::ListReply>, Status> {
+        let m = self.active().await?;
+        let objects = m
+            .store
+            .list(kinds::NODE)
+            .map_err(internal)?
+            .iter()
+            .map(|(id, v)| object(id, v))
+            .collect();
+        Ok(Response::new(pc::ListReply { objects }))
+    }
+
+    async fn update_node(
+        &self,
+        r: Request<pc::UpdateNodeRequest>,
+    ) -> Result<Response<pc::ObjectReply>, Status> {
         let m = self.active().await?;
         let r = r.into_inner();
         let mut found = None;
@@ -365,8 +452,11 @@ impl Control for ManagerService {
                 found = Some((id, v));
             }
         }
-        let (id, v) = found.ok_or_else(|| Status::not_found(format!("node {} not found (see \"shoal node ls\")", r.node)))?;
-        let mut node: Node = serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
+        let (id, v) = found.ok_or_else(|| {
+            Status::not_found(format!("node {} not found (see \"shoal node ls\")", r.node))
+        })?;
+        let mut node: Node =
+            serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
         match r.availability.as_str() {
             "" => {}
             "active" => node.availability = NodeAvailability::Active,
@@ -400,7 +490,11 @@ impl Control for ManagerService {
             _ => return Err(Status::aborted("the node changed while updating it: retry")),
         };
         Ok(Response::new(pc::ObjectReply {
-            object: Some(pc::Object { id, version, json: serde_json::to_string(&node).unwrap_or_default() }),
+            object: Some(pc::Object {
+                id,
+                version,
+                json: serde_json::to_string(&node).unwrap_or_default(),
+            }),
         }))
     }
 }
@@ -420,22 +514,25 @@ impl Dispatcher for ManagerService {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut last: Vec<(String, u64)> = Vec::new();
-            loop {
-                let tasks = match m.store.list(kinds::TASK) {
-                    Ok(t) => t,
-                    Err(_) => break,
-                };
+            while let Ok(tasks) = m.store.list(kinds::TASK) {
                 let mine: Vec<(String, Versioned)> = tasks
                     .into_iter()
-                    .filter(|(_, v)| v.value["node_id"] == node_id.as_str() && v.value["status"]["state"] != "new")
+                    .filter(|(_, v)| {
+                        v.value["node_id"] == node_id.as_str()
+                            && v.value["status"]["state"] != "new"
+                    })
                     .collect();
-                let key: Vec<(String, u64)> = mine.iter().map(|(id, v)| (id.clone(), v.version)).collect();
+                let key: Vec<(String, u64)> =
+                    mine.iter().map(|(id, v)| (id.clone(), v.version)).collect();
                 if key != last {
                     last = key;
                     let set = pd::AssignmentSet {
                         tasks: mine
                             .iter()
-                            .map(|(_, v)| pd::Assignment { json: v.value.to_string(), version: v.version })
+                            .map(|(_, v)| pd::Assignment {
+                                json: v.value.to_string(),
+                                version: v.version,
+                            })
                             .collect(),
                     };
                     if tx.send(Ok(set)).await.is_err() {
@@ -450,18 +547,26 @@ impl Dispatcher for ManagerService {
             }
             let _ = m.put_node(false).await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn update_status(&self, r: Request<pd::StatusBatch>) -> Result<Response<pd::StatusReply>, Status> {
+    async fn update_status(
+        &self,
+        r: Request<pd::StatusBatch>,
+    ) -> Result<Response<pd::StatusReply>, Status> {
         let m = self.active().await?;
         for u in r.into_inner().updates {
             let Some(v) = m.store.get(kinds::TASK, &u.task_id).map_err(internal)? else {
                 continue;
             };
-            let mut t: Task = serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
-            let state: TaskState = serde_json::from_value(serde_json::Value::String(u.state.clone()))
-                .map_err(|_| Status::invalid_argument(format!("unknown task state {}", u.state)))?;
+            let mut t: Task =
+                serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
+            let state: TaskState = serde_json::from_value(serde_json::Value::String(
+                u.state.clone(),
+            ))
+            .map_err(|_| Status::invalid_argument(format!("unknown task state {}", u.state)))?;
             if !t.status.state.can_move_to(state) {
                 continue; // states only move forward; a late report changes nothing
             }

@@ -8,6 +8,7 @@
 //! - [`engine`]: container lifecycle, tying the pieces together.
 //! - [`daemon`]: the engine's gRPC service on the local socket.
 
+pub mod agent;
 pub mod cgroups;
 pub mod daemon;
 pub mod engine;

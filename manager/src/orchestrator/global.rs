@@ -72,7 +72,7 @@ pub fn reconcile(
             });
         }
         match keep {
-            Some(t) if t.spec != service.spec => {
+            Some(t) if !t.spec.same_task_template(&service.spec) => {
                 out.push(Proposal::Shutdown {
                     task_id: t.id.clone(),
                 });
@@ -90,7 +90,8 @@ pub fn reconcile(
                 let create = match last {
                     None => true,
                     Some(l) => {
-                        l.spec != service.spec || should_restart(service, l, &stopped, now_ms)
+                        !l.spec.same_task_template(&service.spec)
+                            || should_restart(service, l, &stopped, now_ms)
                     }
                 };
                 if create {

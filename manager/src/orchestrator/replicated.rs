@@ -48,7 +48,7 @@ pub fn reconcile(
             });
         }
         match keep {
-            Some(t) if t.spec != service.spec => {
+            Some(t) if !t.spec.same_task_template(&service.spec) => {
                 // The spec changed: replace (stop-first).
                 out.push(Proposal::Shutdown {
                     task_id: t.id.clone(),
@@ -66,13 +66,13 @@ pub fn reconcile(
                     .copied();
                 let create = match last {
                     None => true,
-                    Some(last) if last.spec != service.spec => true,
+                    Some(last) if !last.spec.same_task_template(&service.spec) => true,
                     Some(last) => should_restart(service, last, &stopped, now_ms),
                 };
                 if create {
                     let not_before_ms = match last {
                         Some(last)
-                            if last.spec == service.spec
+                            if last.spec.same_task_template(&service.spec)
                                 && last.desired_state <= shoal_api::types::TaskState::Running =>
                         {
                             last.status.timestamp_ms + service.spec.restart.delay_ms as i64

@@ -49,11 +49,17 @@ pub fn socket_path(run_root: &Path) -> PathBuf {
     run_root.join("shoal.sock")
 }
 
-/// Runs the daemon until `shutdown` resolves.
-pub async fn run(
+/// Runs the daemon until `shutdown` resolves. `extend` adds services of its own (the
+/// manager's, which this crate does not know) once the engine is open.
+pub async fn run<F, Fut>(
     opts: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), DaemonError> {
+    extend: F,
+) -> Result<(), DaemonError>
+where
+    F: FnOnce(Arc<Engine>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<tonic::service::Routes>, DaemonError>>,
+{
     let config = check(&opts)?;
     // One TLS provider for the whole process (registries now, the cluster later).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -86,7 +92,20 @@ pub async fn run(
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
     tracing::info!(socket = %socket.display(), runtime = %opts.runtime, "shoal daemon ready");
 
-    let result = tonic::transport::Server::builder()
+    let extra = extend(engine.clone()).await?;
+    let mut builder = tonic::transport::Server::builder();
+    let router = match extra {
+        Some(routes) => builder.add_routes(routes),
+        None => builder.add_routes(tonic::service::Routes::default()),
+    };
+    // Long-lived streams (an agent's session, `logs -f`) would hold a graceful stop
+    // forever: after the signal, connections get a moment to finish, then the daemon goes.
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let serve = router
         .add_service(ContainersServer::new(containers::ContainersService {
             engine: engine.clone(),
         }))
@@ -98,8 +117,15 @@ pub async fn run(
                 PathBuf::from("/etc/shoal/certs.d"),
             ],
         }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    let grace = async move {
+        let _ = stopping_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    };
+    let result = tokio::select! {
+        r = serve => r,
+        _ = grace => Ok(()),
+    };
     let _ = std::fs::remove_file(&socket);
     tracing::info!("shoal daemon stopped; containers keep running under their shims");
     result.map_err(|e| DaemonError::Run(format!("serving the API: {e}")))

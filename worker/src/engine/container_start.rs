@@ -25,6 +25,11 @@ struct Made {
 }
 
 impl Engine {
+    /// Starts a container through an owned handle (for tasks spawned from it).
+    pub async fn start_arc(self: Arc<Self>, key: &str) -> Result<(), EngineError> {
+        self.start(key).await
+    }
+
     /// Starts a created (or exited) container.
     pub async fn start(self: &Arc<Self>, key: &str) -> Result<(), EngineError> {
         let entry = self.find(key)?;

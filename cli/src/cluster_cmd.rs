@@ -1,0 +1,212 @@
+//! The cluster side of the binary: wiring the manager's services and the node's agent
+//! into the daemon, and the `init`, `info` and `node` commands.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use shoal_api::control as pc;
+use shoal_api::control::control_client::ControlClient;
+use shoal_api::control::control_server::ControlServer;
+use shoal_api::dispatcher::SessionRequest;
+use shoal_api::dispatcher::dispatcher_server::DispatcherServer;
+use shoal_api::types::{Node, ResourceAmounts};
+use shoal_manager::server::{ManagerService, SelfNode};
+use shoal_worker::agent::Agent;
+use shoal_worker::daemon::DaemonError;
+use shoal_worker::engine::Engine;
+use tonic::transport::{Endpoint, Uri};
+
+use crate::client::{Host, connect};
+use crate::image_cmd::status;
+use crate::output;
+
+/// This node's identity, kept under the data root so it survives restarts.
+pub fn self_node(data_root: &Path) -> anyhow::Result<SelfNode> {
+    std::fs::create_dir_all(data_root)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", data_root.display()))?;
+    let file = data_root.join("node-id");
+    let id = match std::fs::read_to_string(&file) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => {
+            let mut buf = [0u8; 12];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+                .map_err(|e| anyhow::anyhow!("making a node id: {e}"))?;
+            let id: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&file, &id)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+            id
+        }
+    };
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as i64)
+        .unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    Ok(SelfNode {
+        id,
+        hostname,
+        resources: ResourceAmounts {
+            nano_cpus: cpus * 1_000_000_000,
+            memory_bytes: memory,
+        },
+    })
+}
+
+/// The manager's services, and the agent started once the node is a manager.
+pub async fn manager_routes(
+    engine: Arc<Engine>,
+    node: SelfNode,
+    dir: PathBuf,
+    run_root: PathBuf,
+) -> Result<Option<tonic::service::Routes>, DaemonError> {
+    let socket = shoal_worker::daemon::socket_path(&run_root);
+    let session = SessionRequest {
+        node_id: node.id.clone(),
+        hostname: node.hostname.clone(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        nano_cpus: node.resources.nano_cpus,
+        memory_bytes: node.resources.memory_bytes,
+    };
+    let once = Arc::new(std::sync::Once::new());
+    let on_active: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let (engine, socket, session) = (engine.clone(), socket.clone(), session.clone());
+        once.call_once(move || {
+            let channel = Endpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
+                tower::service_fn(move |_: Uri| {
+                    let socket = socket.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(socket).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(s))
+                    }
+                }),
+            );
+            tokio::spawn(Agent::new(engine, channel, session).run());
+        });
+    });
+    let svc = ManagerService::new(dir, node, on_active)
+        .await
+        .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
+    Ok(Some(
+        tonic::service::Routes::new(ControlServer::new(svc.clone()))
+            .add_service(DispatcherServer::new(svc)),
+    ))
+}
+
+/// `shoal init`.
+pub async fn init(host: &Host) -> anyhow::Result<()> {
+    let mut c = ControlClient::new(connect(host).await?);
+    let r = c
+        .init(pc::InitRequest::default())
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!(
+        "Cluster initialized: this node ({}) is now its manager.",
+        r.node_id
+    );
+    println!("Create a service with: shoal service create --name web busybox sleep 1000");
+    Ok(())
+}
+
+/// `shoal info`.
+pub async fn info(host: &Host) -> anyhow::Result<()> {
+    let mut c = ControlClient::new(connect(host).await?);
+    let r = c
+        .info(pc::InfoRequest {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("Node ID: {}", r.node_id);
+    if !r.swarm_active {
+        println!("Cluster: inactive (run \"shoal init\" to start one)");
+        return Ok(());
+    }
+    println!("Cluster: active");
+    println!(" Role: {}", if r.manager { "manager" } else { "worker" });
+    println!(" Managers: {}", r.managers);
+    println!(" Nodes: {}", r.nodes);
+    println!(" Services: {}", r.services);
+    println!(" Tasks running: {}", r.tasks_running);
+    Ok(())
+}
+
+/// `shoal node ls`.
+pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
+    let mut c = ControlClient::new(connect(host).await?);
+    let objects = c
+        .list_nodes(pc::ListRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .objects;
+    let nodes: Vec<Node> = objects
+        .iter()
+        .filter_map(|o| serde_json::from_str(&o.json).ok())
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.chars().take(12).collect(),
+                n.hostname.clone(),
+                if n.ready {
+                    "Ready".into()
+                } else {
+                    "Down".into()
+                },
+                format!("{:?}", n.availability),
+                if n.manager {
+                    "Leader".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `shoal node update`.
+pub async fn node_update(
+    host: &Host,
+    node: String,
+    availability: Option<String>,
+    label_add: Vec<String>,
+    label_rm: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut c = ControlClient::new(connect(host).await?);
+    c.update_node(pc::UpdateNodeRequest {
+        node: node.clone(),
+        availability: availability.unwrap_or_default(),
+        label_add,
+        label_rm,
+    })
+    .await
+    .map_err(status)?;
+    println!("{node}");
+    Ok(())
+}

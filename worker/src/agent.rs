@@ -1,0 +1,261 @@
+//! The node agent: one session with a manager's dispatcher, the node's tasks in, their
+//! status out, run on the local engine. Containers carry their task's id as a label, so a
+//! restarted agent adopts what its shims still run instead of starting tasks twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::dispatcher as pd;
+use shoal_api::dispatcher::dispatcher_client::DispatcherClient;
+use shoal_api::engine as pb;
+use shoal_api::types::{Task, TaskState};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use crate::engine::{Engine, EngineError, State};
+
+/// The label that ties a container to its task.
+pub const TASK_LABEL: &str = "com.shoal.task.id";
+/// The label naming the container's service.
+pub const SERVICE_LABEL: &str = "com.shoal.service.id";
+
+/// The agent of one node.
+pub struct Agent {
+    engine: Arc<Engine>,
+    channel: Channel,
+    session: pd::SessionRequest,
+    /// Tasks this agent stopped on purpose: their exit is no failure.
+    stopping: Mutex<HashSet<String>>,
+}
+
+fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::StatusUpdate {
+    pd::StatusUpdate {
+        task_id: task_id.to_string(),
+        state: serde_json::to_value(state)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+impl Agent {
+    /// An agent for `session`'s node, talking to a dispatcher over `channel`.
+    pub fn new(engine: Arc<Engine>, channel: Channel, session: pd::SessionRequest) -> Arc<Agent> {
+        Arc::new(Agent {
+            engine,
+            channel,
+            session,
+            stopping: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Runs sessions until the process ends, reconnecting after failures.
+    pub async fn run(self: Arc<Self>) {
+        self.adopt();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.clone().session().await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => tracing::debug!("agent session: {e}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Follows the containers of tasks this node already runs (after a daemon restart),
+    /// so their exits are reported.
+    fn adopt(self: &Arc<Self>) {
+        for r in self.engine.list(false) {
+            if let Some(task) = r.spec.labels.get(TASK_LABEL) {
+                self.watch(task.clone(), r.id.clone());
+            }
+        }
+    }
+
+    async fn session(self: Arc<Self>) -> Result<(), tonic::Status> {
+        let mut client = DispatcherClient::new(self.channel.clone());
+        let mut stream = client.assignments(self.session.clone()).await?.into_inner();
+        while let Some(set) = stream.message().await? {
+            let tasks: Vec<Task> = set
+                .tasks
+                .iter()
+                .filter_map(|a| serde_json::from_str(&a.json).ok())
+                .collect();
+            let updates = self.reconcile(&tasks).await;
+            if !updates.is_empty() {
+                client
+                    .update_status(pd::StatusBatch {
+                        node_id: self.session.node_id.clone(),
+                        updates,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn report(&self, updates: Vec<pd::StatusUpdate>) {
+        let mut client = DispatcherClient::new(self.channel.clone());
+        let _ = client
+            .update_status(pd::StatusBatch {
+                node_id: self.session.node_id.clone(),
+                updates,
+            })
+            .await;
+    }
+
+    /// Brings the engine in line with the assigned tasks; returns status to report.
+    async fn reconcile(self: &Arc<Self>, tasks: &[Task]) -> Vec<pd::StatusUpdate> {
+        let mut updates = Vec::new();
+        let assigned: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        // What the engine holds for tasks, running or exited (kept for logs until the
+        // task leaves this node's set).
+        let held: HashMap<String, (String, bool)> = self
+            .engine
+            .list(true)
+            .into_iter()
+            .filter_map(|r| {
+                let running = r.is_running();
+                r.spec
+                    .labels
+                    .get(TASK_LABEL)
+                    .map(|t| (t.clone(), (r.id.clone(), running)))
+            })
+            .collect();
+        for t in tasks {
+            let container = held.get(&t.id);
+            if t.desired_state > TaskState::Running {
+                match container {
+                    // Stops run side by side; each reports when its container is gone.
+                    Some((c, true)) if self.stopping.lock().await.insert(t.id.clone()) => {
+                        let (agent, c, id) = (self.clone(), c.clone(), t.id.clone());
+                        tokio::spawn(async move {
+                            let _ = agent.engine.stop(&c, None).await;
+                            agent
+                                .report(vec![update(&id, TaskState::Shutdown, "shut down")])
+                                .await;
+                        });
+                    }
+                    Some((_, true)) => {}
+                    _ if !t.status.state.is_terminal() => {
+                        updates.push(update(&t.id, TaskState::Shutdown, "shut down"));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if container.is_some() || t.status.state.is_terminal() {
+                continue;
+            }
+            match self.start(t).await {
+                Ok(id) => {
+                    let mut u = update(&t.id, TaskState::Running, "started");
+                    u.container_id = id.clone();
+                    updates.push(u);
+                    self.watch(t.id.clone(), id);
+                }
+                Err(e) => {
+                    let state = if matches!(e, EngineError::NotFound(_)) {
+                        TaskState::Rejected
+                    } else {
+                        TaskState::Failed
+                    };
+                    updates.push(update(&t.id, state, e.to_string()));
+                }
+            }
+        }
+        // Containers of tasks no longer assigned here go.
+        for (task, (c, _)) in &held {
+            if !assigned.contains(task.as_str()) {
+                self.stopping.lock().await.insert(task.clone());
+                let _ = self.engine.remove(c, true).await;
+            }
+        }
+        updates
+    }
+
+    async fn start(&self, t: &Task) -> Result<String, EngineError> {
+        let spec = &t.spec;
+        let mut labels = std::collections::HashMap::new();
+        labels.insert(TASK_LABEL.to_string(), t.id.clone());
+        labels.insert(SERVICE_LABEL.to_string(), t.service_id.clone());
+        let short: String = t.id.chars().take(12).collect();
+        let name = if t.slot > 0 {
+            format!("{}.{}.{short}", spec.name, t.slot)
+        } else {
+            format!(
+                "{}.{}.{short}",
+                spec.name,
+                t.node_id.chars().take(12).collect::<String>()
+            )
+        };
+        let record = self
+            .engine
+            .create(pb::ContainerSpec {
+                image: spec.image.clone(),
+                name,
+                cmd: spec.command.clone(),
+                env: spec.env.clone(),
+                network: "bridge".into(),
+                resources: Some(pb::Resources {
+                    memory_bytes: spec.limits.memory_bytes,
+                    nano_cpus: spec.limits.nano_cpus,
+                    pids_limit: spec.pids_limit,
+                }),
+                stop_timeout_secs: -1,
+                labels,
+                ..Default::default()
+            })
+            .await?;
+        if let Err(e) = self.engine_start(&record.id).await {
+            let _ = self.engine.remove(&record.id, true).await;
+            return Err(e);
+        }
+        Ok(record.id)
+    }
+
+    async fn engine_start(&self, id: &str) -> Result<(), EngineError> {
+        // Engine::start takes an Arc; the agent holds one.
+        self.engine.clone().start_arc(id).await
+    }
+
+    /// Reports the container's exit when it comes.
+    fn watch(self: &Arc<Self>, task_id: String, container: String) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let Ok(code) = agent.engine.wait(&container).await else {
+                return;
+            };
+            // A container stopped on purpose is reported as shut down by reconcile.
+            if agent.stopping.lock().await.remove(&task_id) {
+                return;
+            }
+            let record = agent.engine.inspect(&container).ok();
+            let oom = matches!(
+                record.map(|r| r.state),
+                Some(State::Exited {
+                    oom_killed: true,
+                    ..
+                })
+            );
+            let (state, message) = if code == 0 {
+                (TaskState::Complete, "finished".to_string())
+            } else if oom {
+                (
+                    TaskState::Failed,
+                    format!("exit code {code} (out of memory)"),
+                )
+            } else {
+                (TaskState::Failed, format!("exit code {code}"))
+            };
+            let mut u = update(&task_id, state, message);
+            u.exited = true;
+            u.exit_code = code;
+            agent.report(vec![u]).await;
+        });
+    }
+}
