@@ -283,6 +283,24 @@ impl Drop for Daemon {
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
+        // Containers whose shim died with the daemon still run in their cgroups.
+        for cg in self.leftover_cgroups() {
+            let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        wait_for(Duration::from_secs(5), || {
+            self.leftover_cgroups().iter().all(|cg| {
+                std::fs::read_to_string(cg.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty()
+            })
+        });
         for cg in self.leftover_cgroups() {
             let _ = std::fs::remove_dir(&cg);
         }
