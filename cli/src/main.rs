@@ -4,6 +4,7 @@ mod args;
 mod client;
 mod cluster_cmd;
 mod container_cmd;
+mod dev_cmd;
 mod image_cmd;
 mod output;
 mod service_cmd;
@@ -65,6 +66,8 @@ struct Cli {
 enum Command {
     /// Run the node daemon.
     Daemon(DaemonArgs),
+    /// Run a one-node cluster in the foreground with a demo service; Ctrl-C cleans up.
+    Dev(dev_cmd::DevArgs),
     /// Manage images.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
@@ -203,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Daemon(a) => runtime.block_on(daemon(a)),
+        Command::Dev(a) => runtime.block_on(dev(a)),
         command => {
             let host = Host::parse(&cli.host)?;
             runtime.block_on(client_command(host, command))
@@ -214,7 +218,7 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
     use container_cmd::ContainerCommand as C;
     use image_cmd::ImageCommand as I;
     match command {
-        Command::Daemon(_) => unreachable!("handled before"),
+        Command::Daemon(_) | Command::Dev(_) => unreachable!("handled before"),
         Command::Image(c) => image_cmd::run(&host, c).await,
         Command::Container(c) => container_cmd::run(&host, c).await,
         Command::Init => cluster_cmd::init(&host).await,
@@ -248,7 +252,66 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
     }
 }
 
+async fn dev(a: dev_cmd::DevArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let temporary = a.data_root.is_none();
+    let data_root = match &a.data_root {
+        Some(d) => d.clone(),
+        None => {
+            let mut buf = [0u8; 4];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+                .map_err(|e| anyhow::anyhow!("making a temporary data root: {e}"))?;
+            let tag: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+            std::env::temp_dir().join(format!("shoal-dev-{tag}"))
+        }
+    };
+    let host = client::Host::Unix(shoal_worker::daemon::socket_path(&a.run_root));
+    let args = DaemonArgs {
+        data_root: data_root.clone(),
+        run_root: a.run_root.clone(),
+        runtime: a.runtime.clone(),
+        cgroup_parent: "shoal-dev".into(),
+        insecure_registries: Vec::new(),
+        log_level: "warn".into(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(run_daemon(args, async move {
+        let _ = stop_rx.await;
+    }));
+    let driven = dev_cmd::drive(host, started, a.exit_after).await;
+    let _ = stop_tx.send(());
+    let stopped = daemon
+        .await
+        .map_err(|e| anyhow::anyhow!("daemon task: {e}"))?;
+    // The containers' cgroups are gone with them; the parent made for dev goes too.
+    if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
+        for root in roots.flatten() {
+            let _ = std::fs::remove_dir(root.path().join("shoal-dev"));
+        }
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_root);
+    }
+    driven.and(stopped)
+}
+
 async fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    run_daemon(a, shutdown).await
+}
+
+async fn run_daemon(
+    a: DaemonArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level).map_err(|_| {
         UsageError(format!(
             "invalid --log-level \"{}\": use error, warn, info, debug or trace",
@@ -266,14 +329,6 @@ async fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         runtime: a.runtime,
         cgroup_parent: a.cgroup_parent,
         insecure_registries: a.insecure_registries,
-    };
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
     };
     let node = cluster_cmd::self_node(&opts.data_root)?;
     let run_root = opts.run_root.clone();
