@@ -314,7 +314,16 @@ async fn converge(
                 service.spec.name
             ));
         }
-        if service.spec.mode != ServiceMode::Replicated && running > 0 {
+        if service.spec.mode == ServiceMode::ReplicatedJob {
+            let done = tasks
+                .iter()
+                .filter(|t| t.status.state == TaskState::Complete)
+                .count();
+            if done >= wanted {
+                eprintln!("{}: job complete ({done}/{wanted})", service.spec.name);
+                return Ok(());
+            }
+        } else if service.spec.mode != ServiceMode::Replicated && running > 0 {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

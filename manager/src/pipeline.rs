@@ -130,10 +130,29 @@ impl Pipeline {
         let mut next = || self.next_id(now_ms);
         let known: std::collections::HashSet<&str> =
             services.iter().map(|(s, _)| s.id.as_str()).collect();
+        // Tasks on drained nodes stop; their slots are filled elsewhere on the next pass.
+        let drained: std::collections::HashSet<&str> = nodes
+            .iter()
+            .filter(|n| n.availability == shoal_api::types::NodeAvailability::Drain)
+            .map(|n| n.id.as_str())
+            .collect();
+        let mut draining: std::collections::HashSet<String> = Default::default();
+        for (t, v) in &tasks {
+            if orchestrator::is_live(t) && drained.contains(t.node_id.as_str()) {
+                let mut t = t.clone();
+                t.desired_state = TaskState::Shutdown;
+                commands.push(put_task(&t, *v));
+                draining.insert(t.id.clone());
+                report.shut_down += 1;
+            }
+        }
         for (service, _) in &services {
             let proposals = match service.spec.mode {
                 ServiceMode::Global => {
                     orchestrator::global::reconcile(service, &all, &nodes, now_ms, &mut next)
+                }
+                ServiceMode::ReplicatedJob => {
+                    orchestrator::replicated::reconcile_job(service, &all, now_ms, &mut next)
                 }
                 _ => orchestrator::replicated::reconcile(service, &all, now_ms, &mut next),
             };
@@ -149,6 +168,9 @@ impl Pipeline {
                         }
                     }
                     Proposal::Shutdown { task_id } => {
+                        if draining.contains(&task_id) {
+                            continue;
+                        }
                         if let Some(t) = by_id.get(task_id.as_str()) {
                             let mut t = (*t).clone();
                             t.desired_state = TaskState::Shutdown;

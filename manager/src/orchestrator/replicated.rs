@@ -91,6 +91,63 @@ pub fn reconcile(
     out
 }
 
+/// The proposals of a replicated job: `replicas` completions, at most `max_concurrent`
+/// (0: all) running at once. A slot is done once a task in it completed; a failed slot is
+/// retried per the restart policy (an exit of 0 is never retried).
+pub fn reconcile_job(
+    service: &Service,
+    tasks: &[Task],
+    now_ms: i64,
+    next_id: &mut dyn FnMut() -> String,
+) -> Vec<Proposal> {
+    let mut out = Vec::new();
+    if service.spec.mode != ServiceMode::ReplicatedJob {
+        return out;
+    }
+    let total = service.spec.replicas;
+    let limit = match service.spec.max_concurrent {
+        0 => total,
+        n => n.min(total),
+    } as usize;
+    let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.service_id == service.id) {
+        slots.entry(t.slot).or_default().push(t);
+    }
+    let mut running = slots.values().flatten().filter(|t| is_live(t)).count();
+    for slot in 1..=total {
+        let in_slot = slots.get(&slot).cloned().unwrap_or_default();
+        if in_slot
+            .iter()
+            .any(|t| t.status.state == shoal_api::types::TaskState::Complete)
+            || in_slot.iter().any(|t| is_live(t))
+        {
+            continue;
+        }
+        if running >= limit {
+            break;
+        }
+        let last = in_slot
+            .iter()
+            .max_by_key(|t| (t.status.timestamp_ms, t.id.clone()))
+            .copied();
+        let create = match last {
+            None => true,
+            Some(l) => should_restart(service, l, &in_slot, now_ms),
+        };
+        if create {
+            let not_before_ms = last
+                .map(|l| l.status.timestamp_ms + service.spec.restart.delay_ms as i64)
+                .unwrap_or(0);
+            out.push(Proposal::Create {
+                task: Box::new(new_task(service, next_id(), slot, "", now_ms)),
+                not_before_ms,
+            });
+            running += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use shoal_api::types::{RestartCondition, RestartPolicy, ServiceSpec, TaskState};
@@ -141,6 +198,41 @@ mod tests {
                 Proposal::Delete { task_id } => format!("delete {task_id}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn jobs_run_to_completion_with_a_concurrency_limit() {
+        let mut s = service(5);
+        s.spec.mode = ServiceMode::ReplicatedJob;
+        s.spec.max_concurrent = 2;
+        let p = reconcile_job(&s, &[], 0, &mut ids());
+        assert_eq!(
+            summary(&p),
+            vec!["create slot 1 at 0", "create slot 2 at 0"]
+        );
+        let done: Vec<Task> = (1..=4)
+            .map(|i| task(&s, &format!("d{i}"), i, TaskState::Complete, 0))
+            .collect();
+        assert_eq!(
+            summary(&reconcile_job(&s, &done, 10, &mut ids())),
+            vec!["create slot 5 at 0"]
+        );
+        let mut all = done.clone();
+        all.push(task(&s, "d5", 5, TaskState::Complete, 0));
+        assert!(
+            reconcile_job(&s, &all, 10, &mut ids()).is_empty(),
+            "every completion done"
+        );
+        s.spec.restart.condition = RestartCondition::OnFailure;
+        let mut failed = done;
+        failed.push(task(&s, "f5", 5, TaskState::Failed, 100));
+        for t in &mut failed {
+            t.spec = s.spec.clone();
+        }
+        assert_eq!(
+            summary(&reconcile_job(&s, &failed, 200, &mut ids())),
+            vec!["create slot 5 at 1100"]
+        );
     }
 
     #[test]

@@ -127,6 +127,18 @@ async fn a_service_runs_spreads_scales_and_is_removed() {
     converge(&p, &s, 2_000, &[]).await;
     assert_eq!(running_per_node(&s).values().sum::<usize>(), 1);
 
+    // Draining the node that runs it moves the task to the other node.
+    let on = running_per_node(&s).keys().next().cloned().unwrap();
+    let other = if on == "n1" { "n2" } else { "n1" };
+    let mut drained = node(&on);
+    drained.availability = NodeAvailability::Drain;
+    put(&s, kinds::NODE, &on, &drained).await;
+    converge(&p, &s, 2_500, &[]).await;
+    assert_eq!(
+        running_per_node(&s),
+        BTreeMap::from([(other.to_string(), 1)])
+    );
+
     s.write(Command::Delete {
         kind: kinds::SERVICE.into(),
         id: "svc1".into(),
@@ -141,6 +153,31 @@ async fn a_service_runs_spreads_scales_and_is_removed() {
         load::<Task>(&s, kinds::TASK).unwrap().is_empty(),
         "stopped tasks of a removed service are forgotten"
     );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_to_completion() {
+    let (_d, s) = store().await;
+    put(&s, kinds::NODE, "n1", &node("n1")).await;
+    let mut job = service(3);
+    job.spec.mode = shoal_api::types::ServiceMode::ReplicatedJob;
+    job.spec.max_concurrent = 1;
+    put(&s, kinds::SERVICE, "svc1", &job).await;
+    let p = Pipeline::new(s.clone(), 1);
+    for round in 0..10 {
+        p.reconcile(1_000 + round).await.unwrap();
+        // The fake engine: every running task completes.
+        for (mut t, v) in load::<Task>(&s, kinds::TASK).unwrap() {
+            if t.status.state == TaskState::Assigned {
+                t.status.state = TaskState::Complete;
+                s.write(put_task(&t, v)).await.unwrap();
+            }
+        }
+    }
+    let c = census(&s).unwrap();
+    assert_eq!(c.get(&("svc1".into(), TaskState::Complete)), Some(&3));
+    assert_eq!(c.len(), 1, "nothing else: {c:?}");
     s.shutdown().await;
 }
 
