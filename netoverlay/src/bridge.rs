@@ -150,6 +150,8 @@ struct State {
 struct Inner {
     state: State,
     proxies: BTreeMap<String, Vec<Proxy>>,
+    /// The bridge and table are known to exist.
+    ready: bool,
 }
 
 /// The bridge network.
@@ -186,6 +188,7 @@ impl BridgeNetwork {
             inner: Mutex::new(Inner {
                 state,
                 proxies: BTreeMap::new(),
+                ready: false,
             }),
         })
     }
@@ -220,8 +223,12 @@ impl BridgeNetwork {
             .map(|l| l.header.index)
     }
 
-    /// Makes the bridge, its address and its nftables table, if not there yet.
-    async fn ensure_bridge(&self, state: &mut State) -> Result<Pool, NetError> {
+    /// Makes the bridge, its address and its nftables table, if not there yet. Once made
+    /// (and until the last endpoint goes), later attaches skip the checks.
+    async fn ensure_bridge(&self, state: &mut State, ready: &mut bool) -> Result<Pool, NetError> {
+        if *ready && let Some(p) = &state.pool {
+            return Ok(p.clone());
+        }
         let pool = match &state.pool {
             Some(p) => p.clone(),
             None => Pool::new(pick_subnet(&self.config)?),
@@ -263,6 +270,7 @@ impl BridgeNetwork {
             state.forwarding_enabled = true;
         }
         state.pool = Some(pool.clone());
+        *ready = true;
         Ok(pool)
     }
 
@@ -279,7 +287,10 @@ impl BridgeNetwork {
         for p in ports {
             proxies.push(Proxy::bind(p)?);
         }
-        let mut pool = self.ensure_bridge(&mut inner.state).await?;
+        let inner = &mut *inner;
+        let mut pool = self
+            .ensure_bridge(&mut inner.state, &mut inner.ready)
+            .await?;
         let ip = pool.allocate()?;
         let short: String = id.chars().take(8).collect();
         let host_veth = format!("{}{short}", self.config.veth_prefix);
@@ -296,6 +307,7 @@ impl BridgeNetwork {
                 let _ = self.unplumb(id, &endpoint).await;
                 if inner.state.endpoints.is_empty() {
                     let _ = self.teardown(&mut inner.state).await;
+                    inner.ready = false;
                 }
                 return Err(e);
             }
@@ -458,6 +470,7 @@ impl BridgeNetwork {
             pool.release(e.ip);
         }
         if inner.state.endpoints.is_empty() {
+            inner.ready = false;
             self.teardown(&mut inner.state).await?;
         }
         self.save(&inner.state)?;
@@ -500,6 +513,7 @@ impl BridgeNetwork {
         if inner.state.endpoints.is_empty()
             && (self.link_index(&self.config.bridge).await.is_some() || self.table().exists())
         {
+            inner.ready = false;
             self.teardown(&mut inner.state).await?;
             self.save(&inner.state)?;
         }

@@ -27,6 +27,10 @@ pub struct Agent {
     session: pd::SessionRequest,
     /// Tasks this agent stopped on purpose: their exit is no failure.
     stopping: Mutex<HashSet<String>>,
+    /// Tasks being started.
+    starting: Mutex<HashSet<String>>,
+    /// How many containers start at once.
+    start_slots: tokio::sync::Semaphore,
 }
 
 fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::StatusUpdate {
@@ -49,6 +53,8 @@ impl Agent {
             channel,
             session,
             stopping: Mutex::new(HashSet::new()),
+            starting: Mutex::new(HashSet::new()),
+            start_slots: tokio::sync::Semaphore::new(8),
         })
     }
 
@@ -151,22 +157,33 @@ impl Agent {
             if container.is_some() || t.status.state.is_terminal() {
                 continue;
             }
-            match self.start(t).await {
-                Ok(id) => {
-                    let mut u = update(&t.id, TaskState::Running, "started");
-                    u.container_id = id.clone();
-                    updates.push(u);
-                    self.watch(t.id.clone(), id);
-                }
-                Err(e) => {
-                    let state = if matches!(e, EngineError::NotFound(_)) {
-                        TaskState::Rejected
-                    } else {
-                        TaskState::Failed
-                    };
-                    updates.push(update(&t.id, state, e.to_string()));
-                }
+            // Starts run side by side (bounded), each reporting on its own.
+            if !self.starting.lock().await.insert(t.id.clone()) {
+                continue;
             }
+            let (agent, t) = (self.clone(), t.clone());
+            tokio::spawn(async move {
+                let permit = agent.start_slots.acquire().await;
+                let u = match agent.start(&t).await {
+                    Ok(id) => {
+                        let mut u = update(&t.id, TaskState::Running, "started");
+                        u.container_id = id.clone();
+                        agent.watch(t.id.clone(), id);
+                        u
+                    }
+                    Err(e) => {
+                        let state = if matches!(e, EngineError::NotFound(_)) {
+                            TaskState::Rejected
+                        } else {
+                            TaskState::Failed
+                        };
+                        update(&t.id, state, e.to_string())
+                    }
+                };
+                drop(permit);
+                agent.report(vec![u]).await;
+                agent.starting.lock().await.remove(&t.id);
+            });
         }
         // Containers of tasks no longer assigned here go.
         for (task, (c, _)) in &held {
