@@ -190,6 +190,40 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `shoal node inspect`.
+pub async fn node_inspect(host: &Host, keys: Vec<String>) -> anyhow::Result<()> {
+    let mut c = ControlClient::new(connect(host).await?);
+    let objects = c
+        .list_nodes(pc::ListRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .objects;
+    let nodes: Vec<Node> = objects
+        .iter()
+        .filter_map(|o| serde_json::from_str(&o.json).ok())
+        .collect();
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for k in keys {
+        match nodes
+            .iter()
+            .find(|n| n.id == k || n.hostname == k || (k.len() >= 4 && n.id.starts_with(&k)))
+        {
+            Some(n) => out.push(n.clone()),
+            None => missing.push(k),
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if !missing.is_empty() {
+        return Err(anyhow::anyhow!(
+            "no such node: {} (see \"shoal node ls\")",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// `shoal node update`.
 pub async fn node_update(
     host: &Host,

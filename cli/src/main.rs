@@ -135,6 +135,12 @@ enum NodeCommand {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Show nodes in detail, as JSON.
+    Inspect {
+        /// Nodes by id or hostname.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Change a node's availability or labels.
     Update {
         /// active, pause or drain.
@@ -226,6 +232,9 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Service(c) => service_cmd::run(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {
             cluster_cmd::node_ls(&host, format == "json").await
+        }
+        Command::Node(NodeCommand::Inspect { nodes }) => {
+            cluster_cmd::node_inspect(&host, nodes).await
         }
         Command::Node(NodeCommand::Update {
             availability,

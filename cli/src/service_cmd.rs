@@ -71,6 +71,17 @@ pub enum ServiceCommand {
         /// The service.
         service: String,
     },
+    /// Show the logs of a service's tasks (on this node's engine).
+    Logs {
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each task (or all).
+        #[arg(long, default_value = "all")]
+        tail: String,
+        /// The service.
+        service: String,
+    },
     /// Go back to the previous spec of a service.
     Rollback {
         /// The service.
@@ -502,6 +513,63 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
             .await?;
             println!("{service}");
             converge(&mut c, &updated).await?;
+        }
+        ServiceCommand::Logs {
+            follow,
+            tail,
+            service,
+        } => {
+            let tail = if tail == "all" {
+                -1
+            } else {
+                tail.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "invalid --tail \"{tail}\": use a number of lines, or all"
+                        ))
+                    })?
+            };
+            let tasks = tasks_of(&mut c, &service).await?;
+            let channel = connect(host).await?;
+            let mut handles = Vec::new();
+            for t in tasks
+                .into_iter()
+                .filter(|t| !t.status.container_id.is_empty())
+            {
+                let mut containers =
+                    shoal_api::engine::containers_client::ContainersClient::new(channel.clone());
+                let prefix = format!(
+                    "{}.{}.{}",
+                    t.spec.name,
+                    t.slot,
+                    t.id.chars().take(12).collect::<String>()
+                );
+                handles.push(tokio::spawn(async move {
+                    let req = shoal_api::engine::LogsRequest {
+                        id: t.status.container_id.clone(),
+                        follow,
+                        tail,
+                        ..Default::default()
+                    };
+                    let Ok(stream) = containers.logs(req).await else {
+                        return;
+                    };
+                    let mut stream = stream.into_inner();
+                    while let Ok(Some(e)) = stream.message().await {
+                        let line = format!("{prefix} | {}", String::from_utf8_lossy(&e.line));
+                        if e.stream == shoal_api::engine::Stream::Stderr as i32 {
+                            eprintln!("{line}");
+                        } else {
+                            println!("{line}");
+                        }
+                    }
+                }));
+            }
+            for h in handles {
+                let _ = h.await;
+            }
         }
         ServiceCommand::Rollback { service } => {
             let r = c

@@ -79,6 +79,35 @@ fn services_converge_scale_survive_a_restart_and_go() {
             && d.shoal(&["container", "ls", "-q"]).stdout.trim() != id),
         "replaced after its exit"
     );
+    // Service logs gather the tasks' output.
+    d.shoal(&[
+        "service",
+        "create",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        "busybox:test",
+        "sh",
+        "-c",
+        "echo said-$(hostname); sleep 1000",
+    ])
+    .ok();
+    assert!(wait_for(Duration::from_secs(10), || {
+        d.shoal(&["service", "logs", "talk"])
+            .stdout
+            .matches("said-")
+            .count()
+            == 2
+    }));
+    let r = d
+        .shoal(&[
+            "node",
+            "inspect",
+            &std::fs::read_to_string(d.data_root.join("node-id")).unwrap(),
+        ])
+        .ok();
+    assert!(r.stdout.contains("\"manager\": true"), "{r:?}");
     // Unschedulable tasks say why.
     d.shoal(&[
         "service",
@@ -97,7 +126,7 @@ fn services_converge_scale_survive_a_restart_and_go() {
             .stdout
             .contains("insufficient memory")
     }));
-    d.shoal(&["service", "rm", "web", "huge"]).ok();
+    d.shoal(&["service", "rm", "web", "huge", "talk"]).ok();
     assert!(
         wait_for(Duration::from_secs(30), || running_containers(&d) == 0),
         "removed"
