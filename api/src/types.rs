@@ -58,6 +58,21 @@ impl Default for RestartPolicy {
     }
 }
 
+/// A command run in a task's container to tell whether it is healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// A shell command (run with `sh -c`); exit 0 is healthy.
+    pub command: String,
+    /// Time between checks, in milliseconds.
+    pub interval_ms: u64,
+    /// A check running longer fails, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the task unhealthy.
+    pub retries: u32,
+    /// Failures in this first period do not count, in milliseconds.
+    pub start_period_ms: u64,
+}
+
 /// CPU and memory, for reservations and limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ResourceAmounts {
@@ -98,6 +113,9 @@ pub struct ServiceSpec {
     pub pids_limit: i64,
     /// When tasks are replaced.
     pub restart: RestartPolicy,
+    /// How tasks tell they are healthy; an unhealthy task fails and is replaced.
+    #[serde(default)]
+    pub healthcheck: Option<HealthCheck>,
     /// Bumped by `service update --force` to redeploy without another change.
     pub force_update: u64,
     /// Labels.

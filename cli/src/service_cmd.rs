@@ -134,6 +134,21 @@ pub struct CreateArgs {
     /// Restarts allowed (0: unlimited).
     #[arg(long, default_value_t = 0)]
     restart_max_attempts: u32,
+    /// A shell command that tells whether a task is healthy (exit 0).
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Time between health checks.
+    #[arg(long, default_value = "30s")]
+    health_interval: String,
+    /// A health check running longer fails.
+    #[arg(long, default_value = "30s")]
+    health_timeout: String,
+    /// Consecutive failures that make a task unhealthy.
+    #[arg(long, default_value_t = 3)]
+    health_retries: u32,
+    /// Failures in this first period do not count.
+    #[arg(long, default_value = "0s")]
+    health_start_period: String,
     /// Return at once instead of waiting for the tasks.
     #[arg(short, long)]
     detach: bool,
@@ -247,6 +262,16 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec, UsageError> {
             delay_ms: millis("--restart-delay", &a.restart_delay)?,
             max_attempts: a.restart_max_attempts,
             window_ms: 0,
+        },
+        healthcheck: match &a.health_cmd {
+            None => None,
+            Some(cmd) => Some(shoal_api::types::HealthCheck {
+                command: cmd.clone(),
+                interval_ms: millis("--health-interval", &a.health_interval)?.max(100),
+                timeout_ms: millis("--health-timeout", &a.health_timeout)?.max(100),
+                retries: a.health_retries.max(1),
+                start_period_ms: millis("--health-start-period", &a.health_start_period)?,
+            }),
         },
         force_update: 0,
         labels: Default::default(),

@@ -108,6 +108,39 @@ fn services_converge_scale_survive_a_restart_and_go() {
         ])
         .ok();
     assert!(r.stdout.contains("\"manager\": true"), "{r:?}");
+    // A task whose health check keeps failing is replaced.
+    d.shoal(&[
+        "service",
+        "create",
+        "--name",
+        "sick",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "2",
+        "--restart-delay",
+        "100ms",
+        "busybox:test",
+        "sh",
+        "-c",
+        "touch /tmp/ok; sleep 2; rm /tmp/ok; sleep 1000",
+    ])
+    .ok();
+    assert!(
+        wait_for(Duration::from_secs(20), || d
+            .shoal(&["service", "ps", "sick"])
+            .stdout
+            .contains("unhealthy")),
+        "{}",
+        d.shoal(&["service", "ps", "sick"]).stdout
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || running_tasks(&d, "sick") == 1),
+        "replaced"
+    );
+    d.shoal(&["service", "rm", "sick"]).ok();
     // Unschedulable tasks say why.
     d.shoal(&[
         "service",

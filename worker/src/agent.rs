@@ -168,7 +168,10 @@ impl Agent {
                     Ok(id) => {
                         let mut u = update(&t.id, TaskState::Running, "started");
                         u.container_id = id.clone();
-                        agent.watch(t.id.clone(), id);
+                        agent.watch(t.id.clone(), id.clone());
+                        if let Some(h) = t.spec.healthcheck.clone() {
+                            agent.check_health(t.id.clone(), id, h);
+                        }
                         u
                     }
                     Err(e) => {
@@ -238,6 +241,78 @@ impl Agent {
     async fn engine_start(&self, id: &str) -> Result<(), EngineError> {
         // Engine::start takes an Arc; the agent holds one.
         self.engine.clone().start_arc(id).await
+    }
+
+    /// Runs the health check in the container until it exits; after `retries` failures
+    /// in a row the task is reported failed ("unhealthy") and its container stopped, so the
+    /// orchestrator replaces it.
+    fn check_health(
+        self: &Arc<Self>,
+        task_id: String,
+        container: String,
+        h: shoal_api::types::HealthCheck,
+    ) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut failures = 0u32;
+            loop {
+                tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
+                let running = agent
+                    .engine
+                    .inspect(&container)
+                    .map(|r| r.is_running())
+                    .unwrap_or(false);
+                if !running {
+                    return;
+                }
+                let opts = crate::engine::ExecOptions {
+                    cmd: vec!["sh".into(), "-c".into(), h.command.clone()],
+                    ..Default::default()
+                };
+                let healthy = match agent.engine.exec(&container, opts).await {
+                    Ok(mut rx) => {
+                        let run = async {
+                            let mut code = 1;
+                            while let Some(chunk) = rx.recv().await {
+                                if let crate::engine::ExecChunk::Exit(c) = chunk {
+                                    code = c;
+                                }
+                            }
+                            code
+                        };
+                        matches!(
+                            tokio::time::timeout(Duration::from_millis(h.timeout_ms), run).await,
+                            Ok(0)
+                        )
+                    }
+                    Err(_) => false,
+                };
+                if healthy {
+                    failures = 0;
+                    continue;
+                }
+                if started.elapsed() < Duration::from_millis(h.start_period_ms) {
+                    continue;
+                }
+                failures += 1;
+                if failures >= h.retries {
+                    agent.stopping.lock().await.insert(task_id.clone());
+                    agent
+                        .report(vec![update(
+                            &task_id,
+                            TaskState::Failed,
+                            format!(
+                                "unhealthy: \"{}\" failed {failures} times in a row",
+                                h.command
+                            ),
+                        )])
+                        .await;
+                    let _ = agent.engine.stop(&container, None).await;
+                    return;
+                }
+            }
+        });
     }
 
     /// Reports the container's exit when it comes.
