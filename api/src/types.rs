@@ -58,6 +58,40 @@ impl Default for RestartPolicy {
     }
 }
 
+/// What to do when tasks of an update fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateFailureAction {
+    /// Stop updating more tasks.
+    #[default]
+    Pause,
+    /// Go on as if nothing failed.
+    Continue,
+    /// Go back to the previous spec.
+    Rollback,
+}
+
+/// How a changed service replaces its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once (0: all).
+    pub parallelism: u64,
+    /// What a failed update does.
+    pub failure_action: UpdateFailureAction,
+    /// A new task failing within this many milliseconds of its creation fails the update.
+    pub monitor_ms: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            failure_action: UpdateFailureAction::Pause,
+            monitor_ms: 5_000,
+        }
+    }
+}
+
 /// A command run in a task's container to tell whether it is healthy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
@@ -116,6 +150,9 @@ pub struct ServiceSpec {
     /// How tasks tell they are healthy; an unhealthy task fails and is replaced.
     #[serde(default)]
     pub healthcheck: Option<HealthCheck>,
+    /// How a change rolls out.
+    #[serde(default)]
+    pub update: UpdateConfig,
     /// Bumped by `service update --force` to redeploy without another change.
     pub force_update: u64,
     /// Labels.
@@ -129,6 +166,7 @@ impl ServiceSpec {
         let mut a = self.clone();
         a.replicas = other.replicas;
         a.max_concurrent = other.max_concurrent;
+        a.update = other.update;
         a == *other
     }
 }
@@ -216,6 +254,9 @@ pub struct Task {
     pub node_id: String,
     /// The spec it runs: the service's at the time it was made.
     pub spec: ServiceSpec,
+    /// When it was made, in Unix milliseconds.
+    #[serde(default)]
+    pub created_ms: i64,
     /// What the managers want of it (written only by managers).
     pub desired_state: TaskState,
     /// What the agent reports (written only by the agent and the scheduler's pending

@@ -134,6 +134,15 @@ pub struct CreateArgs {
     /// Restarts allowed (0: unlimited).
     #[arg(long, default_value_t = 0)]
     restart_max_attempts: u32,
+    /// Tasks replaced at once by an update (0: all).
+    #[arg(long, default_value_t = 1)]
+    update_parallelism: u64,
+    /// pause, continue or rollback when an update's tasks fail.
+    #[arg(long, default_value = "pause")]
+    update_failure_action: String,
+    /// A new task failing this soon after its creation fails the update.
+    #[arg(long, default_value = "5s")]
+    update_monitor: String,
     /// A shell command that tells whether a task is healthy (exit 0).
     #[arg(long)]
     health_cmd: Option<String>,
@@ -273,6 +282,20 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec, UsageError> {
                 start_period_ms: millis("--health-start-period", &a.health_start_period)?,
             }),
         },
+        update: shoal_api::types::UpdateConfig {
+            parallelism: a.update_parallelism,
+            failure_action: match a.update_failure_action.as_str() {
+                "pause" => shoal_api::types::UpdateFailureAction::Pause,
+                "continue" => shoal_api::types::UpdateFailureAction::Continue,
+                "rollback" => shoal_api::types::UpdateFailureAction::Rollback,
+                other => {
+                    return Err(UsageError(format!(
+                        "invalid --update-failure-action \"{other}\": use pause, continue or rollback"
+                    )));
+                }
+            },
+            monitor_ms: millis("--update-monitor", &a.update_monitor)?,
+        },
         force_update: 0,
         labels: Default::default(),
     })
@@ -309,7 +332,23 @@ async fn converge(
     let wanted = service.spec.replicas as usize;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut last_line = String::new();
+    let mut last_problem = String::new();
     loop {
+        let now = c
+            .get_service(pc::GetRequest {
+                id: service.id.clone(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let current: Service = serde_json::from_str(&now.object.unwrap_or_default().json)?;
+        if !current.spec.same_task_template(&service.spec) {
+            return Err(anyhow::anyhow!(
+                "{}: the update failed and was rolled back to the previous spec: see \"shoal service ps {}\"",
+                service.spec.name,
+                service.spec.name
+            ));
+        }
         let tasks = tasks_of(c, &service.id).await?;
         let live: Vec<&Task> = tasks
             .iter()
@@ -323,6 +362,7 @@ async fn converge(
             .count();
         let problem = live
             .iter()
+            .filter(|t| t.spec.same_task_template(&service.spec))
             .filter(|t| {
                 t.status.state == TaskState::Pending
                     && t.status.message.starts_with("no suitable node")
@@ -340,8 +380,11 @@ async fn converge(
             eprintln!("{}: converged", service.spec.name);
             return Ok(());
         }
-        if let Some(p) = problem {
+        if let Some(p) = problem
+            && p != last_problem
+        {
             eprintln!("{}: {p}", service.spec.name);
+            last_problem = p;
         }
         if std::time::Instant::now() > deadline {
             return Err(anyhow::anyhow!(

@@ -65,12 +65,20 @@ pub struct PassReport {
     pub assigned: usize,
     /// Tasks that no node could take this pass.
     pub unschedulable: usize,
+    /// Services whose failed update went back to the previous spec.
+    pub rolled_back: usize,
 }
 
 impl PassReport {
     /// Whether the pass changed anything.
     pub fn changed(&self) -> bool {
-        self.created + self.shut_down + self.deleted + self.allocated + self.assigned > 0
+        self.created
+            + self.shut_down
+            + self.deleted
+            + self.allocated
+            + self.assigned
+            + self.rolled_back
+            > 0
     }
 }
 
@@ -185,6 +193,26 @@ impl Pipeline {
                             expected_version: versions.get(task_id.as_str()).copied(),
                         });
                         report.deleted += 1;
+                    }
+                    Proposal::Rollback { service_id } => {
+                        if let Some((s, v)) = services.iter().find(|(s, _)| s.id == service_id)
+                            && let Some(previous) = s.previous_spec.clone()
+                        {
+                            // Back to the previous spec; forgetting the failed one keeps a
+                            // failing rollback from bouncing back.
+                            let rolled = Service {
+                                id: s.id.clone(),
+                                spec: previous,
+                                previous_spec: None,
+                            };
+                            commands.push(Command::Put {
+                                kind: kinds::SERVICE.into(),
+                                id: s.id.clone(),
+                                value: serde_json::to_value(&rolled).unwrap_or_default(),
+                                expected_version: Some(*v),
+                            });
+                            report.rolled_back += 1;
+                        }
                     }
                 }
             }

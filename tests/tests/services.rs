@@ -141,6 +141,31 @@ fn services_converge_scale_survive_a_restart_and_go() {
         "replaced"
     );
     d.shoal(&["service", "rm", "sick"]).ok();
+    // An update to an image that cannot run rolls back by itself.
+    d.shoal(&[
+        "service",
+        "create",
+        "--name",
+        "roll",
+        "--replicas",
+        "2",
+        "--update-failure-action",
+        "rollback",
+        "busybox:test",
+        "sleep",
+        "1000",
+    ])
+    .ok();
+    let r = d.shoal(&["service", "update", "--image", "ghost:1", "roll"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("rolled back"), "{r:?}");
+    assert!(wait_for(Duration::from_secs(30), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.shoal(&["service", "inspect", "roll"]).stdout)
+                .unwrap_or_default();
+        v[0]["spec"]["image"] == "busybox:test" && running_tasks(&d, "roll") == 2
+    }));
+    d.shoal(&["service", "rm", "roll"]).ok();
     // Unschedulable tasks say why.
     d.shoal(&[
         "service",

@@ -38,6 +38,11 @@ pub enum Proposal {
         /// The task.
         task_id: String,
     },
+    /// The update failed and its failure action is rollback: go back to the previous spec.
+    Rollback {
+        /// The service.
+        service_id: String,
+    },
 }
 
 /// Makes a new task of `service` in `slot` (or on `node_id` for global services).
@@ -48,6 +53,7 @@ pub fn new_task(service: &Service, id: String, slot: u64, node_id: &str, now_ms:
         slot,
         node_id: node_id.to_string(),
         spec: service.spec.clone(),
+        created_ms: now_ms,
         desired_state: TaskState::Running,
         status: TaskStatus {
             state: TaskState::New,

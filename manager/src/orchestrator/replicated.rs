@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use shoal_api::types::{Service, ServiceMode, Task};
+use shoal_api::types::{Service, ServiceMode, Task, TaskState, UpdateFailureAction};
 
 use super::{Proposal, is_live, new_task, should_restart, trim_history};
 
@@ -22,6 +22,37 @@ pub fn reconcile(
     let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
     for t in tasks.iter().filter(|t| t.service_id == service.id) {
         slots.entry(t.slot).or_default().push(t);
+    }
+    let mine: Vec<&Task> = slots.values().flatten().copied().collect();
+    let current = |t: &Task| t.spec.same_task_template(&service.spec);
+    // A rolling update: how many outdated tasks may be replaced in this pass.
+    let update = service.spec.update;
+    let in_flight = mine
+        .iter()
+        .filter(|t| current(t) && is_live(t) && t.status.state < TaskState::Running)
+        .count() as u64;
+    let failed = service.previous_spec.is_some()
+        && mine.iter().any(|t| {
+            current(t)
+                && t.desired_state <= TaskState::Running
+                && matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
+                && t.status.timestamp_ms - t.created_ms <= update.monitor_ms as i64
+        });
+    let mut budget = match update.parallelism {
+        0 => u64::MAX,
+        p => p.saturating_sub(in_flight),
+    };
+    if failed {
+        match update.failure_action {
+            UpdateFailureAction::Continue => {}
+            UpdateFailureAction::Pause => budget = 0,
+            UpdateFailureAction::Rollback => {
+                budget = 0;
+                out.push(Proposal::Rollback {
+                    service_id: service.id.clone(),
+                });
+            }
+        }
     }
     for slot in 1..=wanted.max(slots.keys().next_back().copied().unwrap_or(0)) {
         let in_slot = slots.get(&slot).cloned().unwrap_or_default();
@@ -49,7 +80,12 @@ pub fn reconcile(
         }
         match keep {
             Some(t) if !t.spec.same_task_template(&service.spec) => {
-                // The spec changed: replace (stop-first).
+                // The spec changed: replace (stop-first), as many as the update allows.
+                if budget == 0 {
+                    trim_history(&mut stopped, &mut out);
+                    continue;
+                }
+                budget -= 1;
                 out.push(Proposal::Shutdown {
                     task_id: t.id.clone(),
                 });
@@ -196,6 +232,7 @@ mod tests {
                 } => format!("create slot {} at {not_before_ms}", task.slot),
                 Proposal::Shutdown { task_id } => format!("shutdown {task_id}"),
                 Proposal::Delete { task_id } => format!("delete {task_id}"),
+                Proposal::Rollback { service_id } => format!("rollback {service_id}"),
             })
             .collect()
     }
