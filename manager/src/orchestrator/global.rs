@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use shoal_api::types::{Node, NodeAvailability, Service, ServiceMode, Task};
 
-use super::{Proposal, is_live, new_task, should_restart, trim_history};
+use super::{Proposal, is_live, reconcile_place, trim_history};
 use crate::scheduler::{Constraint, NodeInfo, Resources};
 
 fn eligible(service: &Service, node: &Node) -> bool {
@@ -51,11 +51,13 @@ pub fn reconcile(
     }
     let mut sorted: Vec<&Node> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    // Global services replace outdated tasks on every node at once.
+    let mut unlimited = u64::MAX;
     for node in &sorted {
         let here = by_node.remove(node.id.as_str()).unwrap_or_default();
-        let (mut live, mut stopped): (Vec<&Task>, Vec<&Task>) =
-            here.into_iter().partition(|t| is_live(t));
         if !eligible(service, node) {
+            let (live, mut stopped): (Vec<&Task>, Vec<&Task>) =
+                here.iter().partition(|t| is_live(t));
             for t in live {
                 out.push(Proposal::Shutdown {
                     task_id: t.id.clone(),
@@ -64,45 +66,16 @@ pub fn reconcile(
             trim_history(&mut stopped, &mut out);
             continue;
         }
-        live.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
-        let keep = live.pop();
-        for extra in live {
-            out.push(Proposal::Shutdown {
-                task_id: extra.id.clone(),
-            });
-        }
-        match keep {
-            Some(t) if !t.spec.same_task_template(&service.spec) => {
-                out.push(Proposal::Shutdown {
-                    task_id: t.id.clone(),
-                });
-                out.push(Proposal::Create {
-                    task: Box::new(new_task(service, next_id(), 0, &node.id, now_ms)),
-                    not_before_ms: 0,
-                });
-            }
-            Some(_) => {}
-            None => {
-                let last = stopped
-                    .iter()
-                    .max_by_key(|t| (t.status.timestamp_ms, t.id.clone()))
-                    .copied();
-                let create = match last {
-                    None => true,
-                    Some(l) => {
-                        !l.spec.same_task_template(&service.spec)
-                            || should_restart(service, l, &stopped, now_ms)
-                    }
-                };
-                if create {
-                    out.push(Proposal::Create {
-                        task: Box::new(new_task(service, next_id(), 0, &node.id, now_ms)),
-                        not_before_ms: 0,
-                    });
-                }
-            }
-        }
-        trim_history(&mut stopped, &mut out);
+        reconcile_place(
+            service,
+            &here,
+            0,
+            &node.id,
+            now_ms,
+            next_id,
+            &mut unlimited,
+            &mut out,
+        );
     }
     // Tasks on nodes that left the cluster.
     for (_, ts) in by_node {
@@ -119,6 +92,7 @@ pub fn reconcile(
 mod tests {
     use shoal_api::types::{ServiceSpec, TaskState};
 
+    use super::super::new_task;
     use super::*;
 
     fn node(id: &str, ready: bool) -> Node {

@@ -105,6 +105,75 @@ pub fn should_restart(service: &Service, stopped: &Task, history: &[&Task], now_
     restarts <= policy.max_attempts as usize
 }
 
+/// Reconciles one place that should hold one live task of `service`: a slot of a
+/// replicated service, or a node of a global one. Extra live tasks are shut down; an
+/// outdated one is replaced while `budget` (the update's parallelism) lasts; an empty
+/// place is filled, after the restart delay when its last task failed or exited; the
+/// place's history is trimmed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reconcile_place(
+    service: &Service,
+    here: &[&Task],
+    slot: u64,
+    node_id: &str,
+    now_ms: i64,
+    next_id: &mut dyn FnMut() -> String,
+    budget: &mut u64,
+    out: &mut Vec<Proposal>,
+) {
+    let (mut live, mut stopped): (Vec<&Task>, Vec<&Task>) = here.iter().partition(|t| is_live(t));
+    // Keep the newest live task; extra ones (after a manager crash between two writes)
+    // are shut down.
+    live.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
+    let keep = live.pop();
+    for extra in live {
+        out.push(Proposal::Shutdown {
+            task_id: extra.id.clone(),
+        });
+    }
+    let current = |t: &Task| t.spec.same_task_template(&service.spec);
+    match keep {
+        Some(t) if !current(t) => {
+            // The spec changed: replace (stop-first), as many as the update allows.
+            if *budget > 0 {
+                *budget -= 1;
+                out.push(Proposal::Shutdown {
+                    task_id: t.id.clone(),
+                });
+                out.push(Proposal::Create {
+                    task: Box::new(new_task(service, next_id(), slot, node_id, now_ms)),
+                    not_before_ms: 0,
+                });
+            }
+        }
+        Some(_) => {}
+        None => {
+            let last = stopped
+                .iter()
+                .max_by_key(|t| (t.status.timestamp_ms, t.id.clone()))
+                .copied();
+            let create = match last {
+                None => true,
+                Some(l) if !current(l) => true,
+                Some(l) => should_restart(service, l, &stopped, now_ms),
+            };
+            if create {
+                let not_before_ms = match last {
+                    Some(l) if current(l) && l.desired_state <= TaskState::Running => {
+                        l.status.timestamp_ms + service.spec.restart.delay_ms as i64
+                    }
+                    _ => 0,
+                };
+                out.push(Proposal::Create {
+                    task: Box::new(new_task(service, next_id(), slot, node_id, now_ms)),
+                    not_before_ms,
+                });
+            }
+        }
+    }
+    trim_history(&mut stopped, out);
+}
+
 /// Proposals that trim the terminal tasks of one slot to the history limit, oldest first.
 fn trim_history(stopped: &mut [&Task], out: &mut Vec<Proposal>) {
     stopped.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));

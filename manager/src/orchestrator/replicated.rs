@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use shoal_api::types::{Service, ServiceMode, Task, TaskState, UpdateFailureAction};
 
-use super::{Proposal, is_live, new_task, should_restart, trim_history};
+use super::{Proposal, is_live, new_task, reconcile_place, should_restart, trim_history};
 
 /// The proposals that bring `service` (replicated mode) to its spec, given all its tasks.
 /// `next_id` names new tasks.
@@ -56,9 +56,9 @@ pub fn reconcile(
     }
     for slot in 1..=wanted.max(slots.keys().next_back().copied().unwrap_or(0)) {
         let in_slot = slots.get(&slot).cloned().unwrap_or_default();
-        let (live, mut stopped): (Vec<&Task>, Vec<&Task>) =
-            in_slot.iter().partition(|t| is_live(t));
         if slot > wanted {
+            let (live, mut stopped): (Vec<&Task>, Vec<&Task>) =
+                in_slot.iter().partition(|t| is_live(t));
             // Scale down: retire the slot.
             for t in live {
                 out.push(Proposal::Shutdown {
@@ -68,61 +68,16 @@ pub fn reconcile(
             trim_history(&mut stopped, &mut out);
             continue;
         }
-        // Keep the newest live task of the slot; extra live ones (after a manager crash
-        // between two writes) are shut down.
-        let mut live = live;
-        live.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
-        let keep = live.pop();
-        for extra in live {
-            out.push(Proposal::Shutdown {
-                task_id: extra.id.clone(),
-            });
-        }
-        match keep {
-            Some(t) if !t.spec.same_task_template(&service.spec) => {
-                // The spec changed: replace (stop-first), as many as the update allows.
-                if budget == 0 {
-                    trim_history(&mut stopped, &mut out);
-                    continue;
-                }
-                budget -= 1;
-                out.push(Proposal::Shutdown {
-                    task_id: t.id.clone(),
-                });
-                out.push(Proposal::Create {
-                    task: Box::new(new_task(service, next_id(), slot, "", now_ms)),
-                    not_before_ms: 0,
-                });
-            }
-            Some(_) => {}
-            None => {
-                let last = stopped
-                    .iter()
-                    .max_by_key(|t| (t.status.timestamp_ms, t.id.clone()))
-                    .copied();
-                let create = match last {
-                    None => true,
-                    Some(last) if !last.spec.same_task_template(&service.spec) => true,
-                    Some(last) => should_restart(service, last, &stopped, now_ms),
-                };
-                if create {
-                    let not_before_ms = match last {
-                        Some(last)
-                            if last.spec.same_task_template(&service.spec)
-                                && last.desired_state <= shoal_api::types::TaskState::Running =>
-                        {
-                            last.status.timestamp_ms + service.spec.restart.delay_ms as i64
-                        }
-                        _ => 0,
-                    };
-                    out.push(Proposal::Create {
-                        task: Box::new(new_task(service, next_id(), slot, "", now_ms)),
-                        not_before_ms,
-                    });
-                }
-            }
-        }
-        trim_history(&mut stopped, &mut out);
+        reconcile_place(
+            service,
+            &in_slot,
+            slot,
+            "",
+            now_ms,
+            next_id,
+            &mut budget,
+            &mut out,
+        );
     }
     out
 }
