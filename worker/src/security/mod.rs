@@ -2,6 +2,7 @@
 //! the source of truth (runc and crun read it from config.json); the builtin runtime
 //! prepares both before fork and applies them in the container's init with raw syscalls.
 
+mod bpf;
 pub mod caps;
 pub mod seccomp;
 mod syscalls;
@@ -22,6 +23,14 @@ pub enum SecurityError {
     /// The seccomp profile cannot be compiled.
     #[error("seccomp profile: {0}")]
     Profile(String),
+    /// A process's capabilities cannot be read.
+    #[error("reading the capabilities of process {pid} from /proc: {source}")]
+    Proc {
+        /// The process.
+        pid: i32,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A system call failed while applying them.
     #[error("{what}: {source}")]
     Sys {

@@ -4,21 +4,17 @@
 //! to `clone`, whose namespace flags can be checked. The profile is our own table, in the
 //! OCI form; `compile` turns any OCI profile into BPF for the builtin runtime.
 
-use std::collections::BTreeMap;
-
 use oci_spec::runtime::{
     Arch, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
     LinuxSeccompOperator, LinuxSyscall,
 };
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::BpfProgram;
 
-use super::SecurityError;
-use super::syscalls;
+use super::{SecurityError, bpf, syscalls};
 
-/// Syscalls every container may make.
+/// Syscalls every container may make. As in Docker's profile on kernels from 4.8 on,
+/// ptrace and process_vm_* are among them: the kernel's ptrace access checks (and the
+/// missing CAP_SYS_PTRACE) keep them to the container's own processes.
 const ALLOWED: &str = "accept accept4 access adjtimex alarm bind brk cachestat capget capset \
 chdir chmod chown chown32 clock_adjtime clock_adjtime64 clock_getres clock_getres_time64 \
 clock_gettime clock_gettime64 clock_nanosleep clock_nanosleep_time64 close close_range connect \
@@ -41,7 +37,7 @@ mknodat mlock mlock2 mlockall mmap mmap2 mprotect mq_getsetattr mq_notify mq_ope
 mq_timedreceive mq_timedreceive_time64 mq_timedsend mq_timedsend_time64 mq_unlink mremap msgctl \
 msgget msgrcv msgsnd msync munlock munlockall munmap name_to_handle_at nanosleep newfstatat \
 _newselect open openat openat2 pause pidfd_open pidfd_send_signal pipe pipe2 pkey_alloc \
-pkey_free pkey_mprotect poll ppoll ppoll_time64 prctl pread64 preadv preadv2 prlimit64 \
+pkey_free pkey_mprotect poll ppoll ppoll_time64 prctl process_vm_readv process_vm_writev pread64 preadv preadv2 prlimit64 \
 process_mrelease pselect6 pselect6_time64 ptrace pwrite64 pwritev pwritev2 read readahead \
 readlink readlinkat readv recv recvfrom recvmmsg recvmmsg_time64 recvmsg remap_file_pages \
 removexattr rename renameat renameat2 restart_syscall rmdir rseq rt_sigaction rt_sigpending \
@@ -59,14 +55,16 @@ statfs statfs64 statx symlink symlinkat sync sync_file_range syncfs sysinfo tee 
 timer_create timer_delete timer_getoverrun timer_gettime timer_gettime64 timer_settime \
 timer_settime64 timerfd_create timerfd_gettime timerfd_gettime64 timerfd_settime \
 timerfd_settime64 times tkill truncate truncate64 ugetrlimit umask uname unlink unlinkat utime \
-utimensat utimensat_time64 utimes vfork vmsplice wait4 waitid waitpid write writev";
+utimensat utimensat_time64 utimes vfork vmsplice wait4 waitid waitpid write writev \
+mseal uretprobe getxattrat listxattrat setxattrat removexattrat listmount statmount \
+file_getattr file_setattr";
 
 /// Syscalls allowed only with a capability.
 const BY_CAPABILITY: &[(Capability, &str)] = &[
     (
         Capability::SysAdmin,
         "bpf clone clone3 fanotify_init fsconfig fsmount fsopen fspick lookup_dcookie mount \
-         mount_setattr move_mount open_tree perf_event_open quotactl quotactl_fd setdomainname \
+         mount_setattr move_mount open_tree open_tree_attr perf_event_open quotactl quotactl_fd setdomainname \
          sethostname setns syslog umount umount2 unshare",
     ),
     (Capability::SysBoot, "reboot"),
@@ -78,7 +76,7 @@ const BY_CAPABILITY: &[(Capability, &str)] = &[
     (Capability::SysPacct, "acct"),
     (
         Capability::SysPtrace,
-        "kcmp pidfd_getfd process_madvise process_vm_readv process_vm_writev",
+        "kcmp pidfd_getfd process_madvise process_vm_readv process_vm_writev ptrace",
     ),
     (Capability::SysRawio, "iopl ioperm"),
     (
@@ -179,6 +177,18 @@ pub fn default_profile(caps: &[Capability]) -> LinuxSeccomp {
     syscalls.push(socket);
     if cfg!(target_arch = "x86_64") {
         syscalls.push(rule(&["arch_prctl", "modify_ldt"], allow));
+    } else if cfg!(target_arch = "aarch64") {
+        syscalls.push(rule(
+            &[
+                "arm_fadvise64_64",
+                "arm_sync_file_range",
+                "sync_file_range2",
+                "breakpoint",
+                "cacheflush",
+                "set_tls",
+            ],
+            allow,
+        ));
     }
     let mut profile = LinuxSeccomp::default();
     profile
@@ -199,187 +209,227 @@ fn architectures() -> Vec<Arch> {
     }
 }
 
+/// What `--security-opt` asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecurityOptions {
+    /// `seccomp=unconfined`: no seccomp filter.
+    pub seccomp_unconfined: bool,
+    /// `no-new-privileges`: set the no_new_privs bit before the program starts.
+    pub no_new_privileges: bool,
+}
+
+/// Parses `--security-opt` values the way Docker spells them (`key=value`, or the older
+/// `key:value`). `apparmor=unconfined` and `label=disable` are accepted as what shoal
+/// does anyway; anything else is refused with the list of what is supported.
+pub fn security_options(security_opt: &[String]) -> Result<SecurityOptions, SecurityError> {
+    let mut out = SecurityOptions::default();
+    for opt in security_opt {
+        let bad = || SecurityError::UnknownOption(opt.clone());
+        let (key, value) = match opt.split_once(['=', ':']) {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => out.seccomp_unconfined = true,
+            ("no-new-privileges", None) => out.no_new_privileges = true,
+            ("no-new-privileges", Some(v)) => {
+                out.no_new_privileges = match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "t" => true,
+                    "false" | "0" | "f" => false,
+                    _ => return Err(bad()),
+                }
+            }
+            ("apparmor", Some("unconfined")) | ("label", Some("disable")) => {}
+            _ => return Err(bad()),
+        }
+    }
+    Ok(out)
+}
+
 /// Whether `--security-opt` asks for no seccomp filter; rejects options we do not know.
 pub fn unconfined(security_opt: &[String]) -> Result<bool, SecurityError> {
-    let mut unconfined = false;
-    for opt in security_opt {
-        match opt.as_str() {
-            "seccomp=unconfined" | "seccomp:unconfined" => unconfined = true,
-            "no-new-privileges"
-            | "no-new-privileges=true"
-            | "no-new-privileges:true"
-            | "no-new-privileges=false"
-            | "no-new-privileges:false" => {}
-            other => return Err(SecurityError::UnknownOption(other.to_string())),
+    Ok(security_options(security_opt)?.seccomp_unconfined)
+}
+
+/// A profile compiled for this architecture, ready to install after fork.
+pub type CompiledSeccomp = BpfProgram;
+
+fn profile_error(msg: impl Into<String>) -> SecurityError {
+    SecurityError::Profile(msg.into())
+}
+
+/// The seccomp return value of an OCI action. A rule's ERRNO without errnoRet means
+/// EPERM, as under runc and crun.
+fn ret_of(action: LinuxSeccompAction, errno: Option<u32>) -> Result<u32, SecurityError> {
+    let data = |what: &str| -> Result<u32, SecurityError> {
+        let v = errno.unwrap_or(libc::EPERM as u32);
+        if v > 4095 {
+            return Err(profile_error(format!(
+                "{what} {v} out of range: the kernel accepts 0 to 4095"
+            )));
         }
-    }
-    Ok(unconfined)
-}
-
-/// A compiled profile: one BPF program per distinct action, installed in order (the
-/// kernel applies the most restrictive answer, and the latest filter among equals).
-#[derive(Debug, Clone, Default)]
-pub struct CompiledSeccomp {
-    programs: Vec<BpfProgram>,
-}
-
-fn action_of(a: LinuxSeccompAction, errno: Option<u32>, default_errno: u32) -> SeccompAction {
-    match a {
-        LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno.unwrap_or(default_errno)),
+        Ok(v)
+    };
+    Ok(match action {
+        LinuxSeccompAction::ScmpActAllow => libc::SECCOMP_RET_ALLOW,
+        LinuxSeccompAction::ScmpActErrno => libc::SECCOMP_RET_ERRNO | data("errnoRet")?,
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
-            SeccompAction::KillThread
+            libc::SECCOMP_RET_KILL_THREAD
         }
-        LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
-        LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
-        LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
-        LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(0)),
-        // User notification needs a listener we do not run: refuse instead.
-        LinuxSeccompAction::ScmpActNotify => SeccompAction::Errno(libc::EPERM as u32),
-    }
+        LinuxSeccompAction::ScmpActKillProcess => libc::SECCOMP_RET_KILL_PROCESS,
+        LinuxSeccompAction::ScmpActTrap => libc::SECCOMP_RET_TRAP,
+        LinuxSeccompAction::ScmpActLog => libc::SECCOMP_RET_LOG,
+        LinuxSeccompAction::ScmpActTrace => libc::SECCOMP_RET_TRACE | data("trace value")?,
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(profile_error(
+                "SCMP_ACT_NOTIFY needs a seccomp agent, which the builtin runtime does not run: use --runtime runc",
+            ));
+        }
+    })
 }
 
-fn condition(a: &oci_spec::runtime::LinuxSeccompArg) -> Result<SeccompCondition, SecurityError> {
-    let op = match a.op() {
-        LinuxSeccompOperator::ScmpCmpNe => SeccompCmpOp::Ne,
-        LinuxSeccompOperator::ScmpCmpLt => SeccompCmpOp::Lt,
-        LinuxSeccompOperator::ScmpCmpLe => SeccompCmpOp::Le,
-        LinuxSeccompOperator::ScmpCmpEq => SeccompCmpOp::Eq,
-        LinuxSeccompOperator::ScmpCmpGe => SeccompCmpOp::Ge,
-        LinuxSeccompOperator::ScmpCmpGt => SeccompCmpOp::Gt,
-        // libseccomp's order: `value` is the mask, `valueTwo` the expected value.
-        LinuxSeccompOperator::ScmpCmpMaskedEq => SeccompCmpOp::MaskedEq(a.value()),
+fn condition(a: &oci_spec::runtime::LinuxSeccompArg) -> Result<bpf::Condition, SecurityError> {
+    let v = a.value();
+    let cmp = match a.op() {
+        LinuxSeccompOperator::ScmpCmpNe => bpf::Cmp::Ne(v),
+        LinuxSeccompOperator::ScmpCmpLt => bpf::Cmp::Lt(v),
+        LinuxSeccompOperator::ScmpCmpLe => bpf::Cmp::Le(v),
+        LinuxSeccompOperator::ScmpCmpEq => bpf::Cmp::Eq(v),
+        LinuxSeccompOperator::ScmpCmpGe => bpf::Cmp::Ge(v),
+        LinuxSeccompOperator::ScmpCmpGt => bpf::Cmp::Gt(v),
+        // libseccomp's order: `value` is the mask, `valueTwo` the expected result.
+        LinuxSeccompOperator::ScmpCmpMaskedEq => bpf::Cmp::MaskedEq {
+            mask: v,
+            value: a.value_two().unwrap_or(0),
+        },
     };
-    let value = match a.op() {
-        LinuxSeccompOperator::ScmpCmpMaskedEq => a.value_two().unwrap_or(0),
-        _ => a.value(),
-    };
-    let index = u8::try_from(a.index()).map_err(|_| {
-        SecurityError::Profile(format!("argument index {} out of range", a.index()))
-    })?;
-    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
-        .map_err(|e| SecurityError::Profile(e.to_string()))
+    let index = u8::try_from(a.index())
+        .ok()
+        .filter(|i| *i <= 5)
+        .ok_or_else(|| {
+            profile_error(format!(
+                "argument index {} out of range: syscalls have arguments 0 to 5",
+                a.index()
+            ))
+        })?;
+    Ok(bpf::Condition { index, cmp })
 }
 
-fn target_arch() -> Result<TargetArch, SecurityError> {
+/// The AUDIT_ARCH_* value of this machine.
+fn audit_arch() -> Result<u32, SecurityError> {
     if cfg!(target_arch = "x86_64") {
-        Ok(TargetArch::x86_64)
+        Ok(0xC000_003E)
     } else if cfg!(target_arch = "aarch64") {
-        Ok(TargetArch::aarch64)
+        Ok(0xC000_00B7)
     } else if cfg!(target_arch = "riscv64") {
-        Ok(TargetArch::riscv64)
+        Ok(0xC000_00F3)
     } else {
-        Err(SecurityError::Profile(
-            "seccomp filters are not supported on this architecture by the builtin runtime".into(),
+        Err(profile_error(
+            "the builtin runtime has no seccomp support on this architecture: use --runtime runc or --security-opt seccomp=unconfined",
         ))
     }
 }
 
-/// Compiles an OCI profile into BPF for this architecture. Names this architecture lacks
-/// are skipped, as libseccomp does.
-pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp, SecurityError> {
-    let arch = target_arch()?;
-    let default_errno = profile.default_errno_ret().unwrap_or(libc::EPERM as u32);
-    let default_action = action_of(profile.default_action(), None, default_errno);
-    // Group the rules by action; within a group, rules for one syscall are alternatives,
-    // and an unconditional one makes the others moot.
-    struct Group {
-        action: SeccompAction,
-        rules: BTreeMap<i64, Vec<SeccompRule>>,
-        unconditional: std::collections::BTreeSet<i64>,
+/// Compiles an OCI profile into one BPF program for this machine's architecture, before
+/// fork. Names this architecture lacks are skipped, as libseccomp does. Syscalls of this
+/// architecture are filtered; those of its 32-bit companions (listed in the profile for
+/// runc and crun) are killed, since the number table is 64-bit only. When the default is
+/// an errno, syscalls newer than shoal's table answer ENOSYS instead, so that libc falls
+/// back to an older call rather than fail.
+pub fn compile(profile: &LinuxSeccomp) -> Result<BpfProgram, SecurityError> {
+    if profile.listener_path().is_some() {
+        return Err(profile_error(
+            "listenerPath needs a seccomp agent, which the builtin runtime does not run: use --runtime runc",
+        ));
     }
-    let mut groups: Vec<Group> = Vec::new();
+    if let Some(flags) = profile.flags().as_ref().filter(|f| !f.is_empty()) {
+        return Err(profile_error(format!(
+            "filter flags {flags:?} are not supported by the builtin runtime: use --runtime runc"
+        )));
+    }
+    let default = ret_of(profile.default_action(), profile.default_errno_ret())?;
+    let mut plan = bpf::Plan {
+        arch: audit_arch()?,
+        default,
+        ..Default::default()
+    };
+    if profile.default_action() == LinuxSeccompAction::ScmpActErrno {
+        let highest = u32::try_from(syscalls::highest()).expect("syscall numbers are small");
+        plan.newer = Some((highest, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    }
     for s in profile.syscalls().as_deref().unwrap_or_default() {
-        let action = action_of(s.action(), s.errno_ret(), default_errno);
-        if action == default_action {
-            continue;
-        }
-        let rule = match s.args().as_deref() {
-            Some(args) if !args.is_empty() => Some(
-                SeccompRule::new(args.iter().map(condition).collect::<Result<Vec<_>, _>>()?)
-                    .map_err(|e| SecurityError::Profile(e.to_string()))?,
-            ),
-            _ => None,
+        let rule = bpf::Rule {
+            conditions: s
+                .args()
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(condition)
+                .collect::<Result<_, _>>()?,
+            ret: ret_of(s.action(), s.errno_ret())?,
         };
-        let idx = match groups.iter().position(|g| g.action == action) {
-            Some(i) => i,
-            None => {
-                groups.push(Group {
-                    action: action.clone(),
-                    rules: BTreeMap::new(),
-                    unconditional: Default::default(),
-                });
-                groups.len() - 1
-            }
-        };
-        let group = &mut groups[idx];
         for nr in s.names().iter().filter_map(|n| syscalls::number(n)) {
-            match &rule {
-                None => {
-                    group.unconditional.insert(nr);
-                }
-                Some(r) => group.rules.entry(nr).or_default().push(r.clone()),
-            }
+            let nr = u32::try_from(nr).expect("syscall numbers are small");
+            plan.rules.entry(nr).or_default().push(rule.clone());
         }
     }
-    for g in &mut groups {
-        for nr in &g.unconditional {
-            // seccompiler reads an empty rule list as "always matches".
-            g.rules.insert(*nr, Vec::new());
-        }
-    }
-    let mut groups: Vec<(SeccompAction, BTreeMap<i64, Vec<SeccompRule>>)> =
-        groups.into_iter().map(|g| (g.action, g.rules)).collect();
-    // The allow group (or the default's opposite) goes first with the profile's default
-    // as its mismatch action; every other group is a filter of its own that lets
-    // everything else through.
-    groups.sort_by_key(|(a, _)| usize::from(*a != SeccompAction::Allow));
-    let mut programs = Vec::new();
-    if groups
-        .first()
-        .is_none_or(|(a, _)| *a != SeccompAction::Allow)
-    {
-        // No allow rules at all: one filter with the default for everything.
-        groups.insert(0, (SeccompAction::Allow, BTreeMap::new()));
-    }
-    for (i, (action, rules)) in groups.into_iter().enumerate() {
-        let (mismatch, matched) = if i == 0 {
-            (default_action.clone(), action)
-        } else {
-            (SeccompAction::Allow, action)
-        };
-        let filter = SeccompFilter::new(rules, mismatch, matched, arch)
-            .map_err(|e| SecurityError::Profile(e.to_string()))?;
-        programs
-            .push(BpfProgram::try_from(filter).map_err(|e| SecurityError::Profile(e.to_string()))?);
-    }
-    Ok(CompiledSeccomp { programs })
+    bpf::assemble(&plan).map_err(profile_error)
 }
 
-/// Installs a compiled profile in the calling thread. Without no_new_privs this needs
-/// CAP_SYS_ADMIN, so the builtin runtime calls it before dropping capabilities.
-pub fn install(compiled: &CompiledSeccomp) -> Result<(), SecurityError> {
-    for prog in &compiled.programs {
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr() as *mut libc::sock_filter,
+/// Sets the no_new_privs bit of the calling thread: exec can then gain no privilege
+/// (setuid bits and file capabilities are ignored), and a seccomp filter can be installed
+/// without CAP_SYS_ADMIN. Syscalls only, safe after fork.
+pub fn set_no_new_privs() -> Result<(), SecurityError> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(SecurityError::Sys {
+            what: "setting no_new_privs",
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Installs a compiled profile in the calling thread; it is inherited across fork and
+/// exec and cannot be removed. Syscalls only, safe after fork.
+///
+/// The kernel accepts a filter from a thread that has no_new_privs set or holds
+/// CAP_SYS_ADMIN. This function sets neither, because no_new_privs changes what the
+/// container's programs may do (Docker leaves it off unless `no-new-privileges` is
+/// asked for). So the caller either installs the filter while it still holds
+/// CAP_SYS_ADMIN, before dropping capabilities, or calls [`set_no_new_privs`] first and
+/// installs as late as possible, right before exec. Either way, every syscall made after
+/// this one must be allowed by the filter; the default profile allows what the runtime
+/// needs (prctl, capset, setgroups, setresuid, setresgid, chdir, execve).
+pub fn install(prog: &BpfProgram) -> Result<(), SecurityError> {
+    let Ok(len) = u16::try_from(prog.len()) else {
+        return Err(SecurityError::Sys {
+            what: "installing the seccomp filter (the program is too long)",
+            source: nix::Error::E2BIG,
+        });
+    };
+    let fprog = libc::sock_fprog {
+        len,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: seccompiler's sock_filter has the kernel's layout; the kernel copies the
+    // program, and `fprog` points into `prog`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        let source = nix::Error::last();
+        let what = if source == nix::Error::EACCES {
+            "installing the seccomp filter (set no_new_privs first, or install it before dropping CAP_SYS_ADMIN)"
+        } else {
+            "installing the seccomp filter"
         };
-        // SAFETY: the kernel copies the program it is given; `fprog` points into `prog`,
-        // which outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &fprog as *const libc::sock_fprog,
-            )
-        };
-        if rc != 0 {
-            return Err(SecurityError::Sys {
-                what: "installing the seccomp filter",
-                source: nix::Error::last(),
-            });
-        }
+        return Err(SecurityError::Sys { what, source });
     }
     Ok(())
 }
@@ -399,14 +449,26 @@ pub fn allowed_names(profile: &LinuxSeccomp) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::caps;
+
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+    const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
 
     fn allowed(caps: &[Capability]) -> Vec<String> {
         allowed_names(&default_profile(caps))
     }
 
+    /// What the compiled default profile answers for syscall `name` with `args`.
+    fn answer(prog: &BpfProgram, name: &str, args: [u64; 6]) -> u32 {
+        let nr = syscalls::number(name).expect("a syscall of this architecture");
+        let arch = audit_arch().expect("a supported architecture");
+        bpf::run(prog, arch, u32::try_from(nr).expect("small"), args)
+    }
+
     #[test]
     fn default_profile_allows_ordinary_and_refuses_dangerous_calls() {
-        let plain = allowed(super::super::caps::DEFAULT);
+        let plain = allowed(caps::DEFAULT);
         for ok in [
             "read",
             "write",
@@ -416,6 +478,8 @@ mod tests {
             "personality",
             "capset",
             "setuid",
+            "chroot",
+            "ptrace",
         ] {
             assert!(plain.iter().any(|n| n == ok), "{ok} should be allowed");
         }
@@ -425,10 +489,17 @@ mod tests {
             "request_key",
             "unshare",
             "mount",
+            "umount2",
             "setns",
             "reboot",
             "init_module",
             "kexec_load",
+            "bpf",
+            "perf_event_open",
+            "io_uring_setup",
+            "userfaultfd",
+            "clock_settime",
+            "open_by_handle_at",
         ] {
             assert!(
                 !plain.iter().any(|n| n == refused),
@@ -436,90 +507,232 @@ mod tests {
             );
         }
         let admin = allowed(&[Capability::SysAdmin]);
-        for ok in ["mount", "unshare", "setns", "clone3"] {
+        for ok in [
+            "mount",
+            "umount2",
+            "unshare",
+            "setns",
+            "clone3",
+            "sethostname",
+        ] {
             assert!(admin.iter().any(|n| n == ok), "{ok} allowed with SYS_ADMIN");
         }
+        assert!(!allowed(&[]).iter().any(|n| n == "chroot"));
+        assert!(
+            allowed(&[Capability::SysTime])
+                .iter()
+                .any(|n| n == "clock_settime")
+        );
     }
 
     #[test]
     fn clone_is_checked_for_namespace_flags_without_sys_admin() {
-        let profile = default_profile(super::super::caps::DEFAULT);
+        let profile = default_profile(caps::DEFAULT);
         let clone = profile
             .syscalls()
             .as_ref()
-            .unwrap()
+            .expect("rules")
             .iter()
             .find(|s| s.names() == &vec!["clone".to_string()])
             .expect("a clone rule");
-        let args = clone.args().as_ref().unwrap();
+        let args = clone.args().as_ref().expect("arguments");
         assert_eq!(args[0].value(), 0x7e02_0000);
         assert_eq!(args[0].value_two(), Some(0));
-        let json = serde_json::to_value(&profile).unwrap();
+        let json = serde_json::to_value(&profile).expect("serializes");
         assert_eq!(json["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(json["defaultErrnoRet"], 1);
+        assert_eq!(json["architectures"][0], "SCMP_ARCH_X86_64");
+    }
+
+    #[test]
+    fn compiled_default_profile_answers_like_dockers() {
+        let prog = compile(&default_profile(caps::DEFAULT)).expect("compiles");
+        let newuser = libc::CLONE_NEWUSER as u64;
+        let sigchld = libc::SIGCHLD as u64;
+        assert_eq!(answer(&prog, "read", [0; 6]), ALLOW);
+        assert_eq!(answer(&prog, "getpid", [0; 6]), ALLOW);
+        assert_eq!(answer(&prog, "keyctl", [0; 6]), EPERM);
+        assert_eq!(answer(&prog, "unshare", [newuser, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(answer(&prog, "mount", [0; 6]), EPERM);
+        assert_eq!(answer(&prog, "clone", [sigchld, 0, 0, 0, 0, 0]), ALLOW);
+        let threads = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert_eq!(answer(&prog, "clone", [threads, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(
+            answer(&prog, "clone", [sigchld | newuser, 0, 0, 0, 0, 0]),
+            EPERM
+        );
+        assert_eq!(answer(&prog, "clone3", [0; 6]), ENOSYS);
+        assert_eq!(answer(&prog, "personality", [0x0008, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(
+            answer(&prog, "personality", [0xffff_ffff, 0, 0, 0, 0, 0]),
+            ALLOW
+        );
+        // ADDR_NO_RANDOMIZE would turn off ASLR.
+        assert_eq!(
+            answer(&prog, "personality", [0x0040000, 0, 0, 0, 0, 0]),
+            EPERM
+        );
+        assert_eq!(
+            answer(&prog, "socket", [libc::AF_INET as u64, 1, 0, 0, 0, 0]),
+            ALLOW
+        );
+        assert_eq!(answer(&prog, "socket", [AF_VSOCK, 1, 0, 0, 0, 0]), EPERM);
+        let arch = audit_arch().expect("supported");
+        // A syscall newer than our table: ENOSYS, so libc falls back.
+        assert_eq!(bpf::run(&prog, arch, 1000, [0; 6]), ENOSYS);
+
+        let admin = compile(&default_profile(&[Capability::SysAdmin])).expect("compiles");
+        assert_eq!(answer(&admin, "mount", [0; 6]), ALLOW);
+        assert_eq!(
+            answer(&admin, "clone", [sigchld | newuser, 0, 0, 0, 0, 0]),
+            ALLOW
+        );
+        assert_eq!(answer(&admin, "clone3", [0; 6]), ALLOW);
+        assert_eq!(answer(&admin, "keyctl", [0; 6]), EPERM);
+    }
+
+    #[test]
+    fn unsupported_profiles_are_refused_with_a_reason() {
+        let mut profile = default_profile(caps::DEFAULT);
+        let mut notify = rule(&["getpid"], LinuxSeccompAction::ScmpActNotify);
+        notify.set_errno_ret(None);
+        let mut with_notify = profile.clone();
+        let mut rules = profile.syscalls().clone().unwrap_or_default();
+        rules.push(notify);
+        with_notify.set_syscalls(Some(rules));
+        let e = compile(&with_notify).expect_err("no agent").to_string();
+        assert!(e.contains("SCMP_ACT_NOTIFY") && e.contains("runc"), "{e}");
+        profile.set_default_errno_ret(Some(5000));
+        let e = compile(&profile).expect_err("errno too big").to_string();
+        assert!(e.contains("5000 out of range"), "{e}");
     }
 
     #[test]
     fn options_are_checked() {
-        assert!(!unconfined(&[]).unwrap());
-        assert!(unconfined(&["seccomp=unconfined".into()]).unwrap());
-        assert!(!unconfined(&["no-new-privileges".into()]).unwrap());
-        let e = unconfined(&["apparmor=x".into()]).unwrap_err().to_string();
-        assert!(e.contains("invalid --security-opt \"apparmor=x\""), "{e}");
+        let opts =
+            |v: &[&str]| security_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(!unconfined(&[]).expect("empty is fine"));
+        assert!(unconfined(&["seccomp=unconfined".into()]).expect("known"));
+        assert!(unconfined(&["seccomp:unconfined".into()]).expect("old spelling"));
+        let o = opts(&["no-new-privileges"]).expect("known");
+        assert!(o.no_new_privileges && !o.seccomp_unconfined);
+        assert!(
+            !opts(&["no-new-privileges=false"])
+                .expect("known")
+                .no_new_privileges
+        );
+        assert!(
+            opts(&["no-new-privileges:true"])
+                .expect("known")
+                .no_new_privileges
+        );
+        assert!(opts(&["apparmor=unconfined", "label=disable"]).is_ok());
+        for bad in [
+            "apparmor=docker-default",
+            "seccomp=/tmp/p.json",
+            "no-new-privileges=maybe",
+        ] {
+            let e = opts(&[bad]).expect_err(bad).to_string();
+            assert!(
+                e.contains(&format!("invalid --security-opt \"{bad}\"")),
+                "{e}"
+            );
+            assert!(e.contains("seccomp=unconfined"), "{e}");
+        }
     }
 
-    #[test]
-    fn compiles_to_one_program_per_action() {
-        let compiled = compile(&default_profile(super::super::caps::DEFAULT)).unwrap();
-        // Allow-list with EPERM default, plus clone3's ENOSYS.
-        assert_eq!(compiled.programs.len(), 2);
-        assert!(compiled.programs.iter().all(|p| !p.is_empty()));
+    /// Forks; the child runs `f` (async-signal-safe work only) and exits with its code.
+    fn in_child(f: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: the child runs only syscalls on memory prepared before fork, and
+        // leaves with _exit.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let code = f();
+                // SAFETY: ends the forked child without running the parent's atexit work.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("child ended with {other:?}"),
+                }
+            }
+        }
+    }
+
+    fn errno_of(rc: libc::c_long) -> i32 {
+        if rc == -1 { nix::Error::last_raw() } else { 0 }
     }
 
     /// Real kernel: a forked child installs the default filter; unshare and keyctl fail
     /// with EPERM, clone3 with ENOSYS, getpid still works.
     #[test]
     fn filter_refuses_in_a_child() {
-        let compiled = compile(&default_profile(super::super::caps::DEFAULT)).unwrap();
-        // SAFETY: the child makes syscalls only and leaves with _exit.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                // Without CAP_SYS_ADMIN (tests may run unprivileged) a filter needs NNP.
-                // SAFETY: prctl with integer arguments.
-                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-                let code = if install(&compiled).is_err() {
-                    10
-                } else {
-                    // SAFETY: raw syscalls with integer arguments.
-                    let unshare = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
-                    let unshare_errno = nix::Error::last_raw();
-                    // SAFETY: as above.
-                    let keyctl = unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) };
-                    let keyctl_errno = nix::Error::last_raw();
-                    // SAFETY: clone3 with a null argument fails before doing anything.
-                    let clone3 = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
-                    let clone3_errno = nix::Error::last_raw();
-                    // SAFETY: getpid has no arguments.
-                    let pid = unsafe { libc::getpid() };
-                    if unshare != -1 || unshare_errno != libc::EPERM {
-                        11
-                    } else if keyctl != -1 || keyctl_errno != libc::EPERM {
-                        12
-                    } else if clone3 != -1 || clone3_errno != libc::ENOSYS {
-                        13
-                    } else if pid <= 0 {
-                        14
-                    } else {
-                        0
-                    }
-                };
-                // SAFETY: ends the forked child.
-                unsafe { libc::_exit(code) }
+        let prog = compile(&default_profile(caps::DEFAULT)).expect("compiles");
+        let code = in_child(|| {
+            // Without CAP_SYS_ADMIN a filter needs no_new_privs.
+            if set_no_new_privs().is_err() || install(&prog).is_err() {
+                return 10;
             }
-            nix::unistd::ForkResult::Parent { child } => {
-                let status = nix::sys::wait::waitpid(child, None).unwrap();
-                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            // SAFETY: raw syscalls with integer arguments.
+            let unshare = errno_of(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into());
+            // SAFETY: as above.
+            let keyctl = errno_of(unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) });
+            // SAFETY: clone3 with a null argument would fail before doing anything.
+            let clone3 = errno_of(unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) });
+            // SAFETY: as above.
+            let vsock =
+                errno_of(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) }.into());
+            // SAFETY: getpid has no arguments.
+            let pid = unsafe { libc::getpid() };
+            match (unshare, keyctl, clone3, vsock) {
+                (libc::EPERM, libc::EPERM, libc::ENOSYS, libc::EPERM) if pid > 0 => 0,
+                (e, _, _, _) if e != libc::EPERM => 11,
+                (_, e, _, _) if e != libc::EPERM => 12,
+                (_, _, e, _) if e != libc::ENOSYS => 13,
+                (_, _, _, e) if e != libc::EPERM => 14,
+                _ => 15,
             }
+        });
+        assert_eq!(code, 0, "see the codes in the child");
+    }
+
+    /// Real kernel, the builtin runtime's order: filter first (still holding
+    /// CAP_SYS_ADMIN, no no_new_privs), then the bounding set, the user, the sets. The
+    /// filter must let the runtime's own calls through.
+    #[test]
+    fn runtime_order_works_under_the_filter() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root");
+            return;
         }
+        let caps = caps::resolve(&[], &[]).expect("default set");
+        let prog = compile(&default_profile(&caps)).expect("compiles");
+        let prepared = caps::prepare(&caps::linux_capabilities(&caps, false)).expect("prepares");
+        let code = in_child(|| {
+            if install(&prog).is_err() {
+                return 20;
+            }
+            if prepared.apply_bounding().is_err() {
+                return 21;
+            }
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+            // SAFETY: setresgid and setresuid take integers.
+            if unsafe { libc::setresgid(65534, 65534, 65534) } != 0
+                || unsafe { libc::setresuid(65534, 65534, 65534) } != 0
+            {
+                return 22;
+            }
+            if prepared.apply_sets().is_err() {
+                return 23;
+            }
+            // SAFETY: raw syscall with integer arguments.
+            if errno_of(unsafe { libc::unshare(libc::CLONE_NEWNS) }.into()) != libc::EPERM {
+                return 24;
+            }
+            0
+        });
+        assert_eq!(code, 0, "see the codes in the child");
     }
 }
