@@ -1,18 +1,36 @@
 //! Cgroups for containers, on both layouts a host may have: v1 (one hierarchy per
 //! controller under /sys/fs/cgroup, maybe with a v2 mount beside them at
 //! /sys/fs/cgroup/unified: "hybrid") and v2 (one unified hierarchy at /sys/fs/cgroup).
-//! Limits come from the OCI spec's `linux.resources`. On a hybrid host the limits go to v1
-//! and the process joins the unified hierarchy too, as runc does.
+//! Limits come from the OCI spec's `linux.resources` and are checked before anything is
+//! made ([`plan`]). On a hybrid host the limits go to v1 and the process joins the unified
+//! hierarchy too, best effort, as runc does. See README.md beside this file.
+
+mod layout;
+mod limits;
+
+#[cfg(test)]
+mod kernel_tests;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
+
+pub use layout::{Layout, V1_CONTROLLERS, V2_CONTROLLERS};
+pub use limits::{LimitWrite, MIN_MEMORY, nano_cpus_to_quota, plan, shares_to_weight};
+
+/// How long [`Cgroup::destroy`] keeps killing before it gives up.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a freeze or thaw may take, and an empty cgroup may stay busy for rmdir.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(5);
 
 /// Errors of cgroup management.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    /// A cgroup file could not be written or read.
+    /// A cgroup file or directory could not be read, written or removed.
     #[error("cgroup {path}: {source}")]
     Io {
         /// The file or directory.
@@ -20,11 +38,86 @@ pub enum CgroupError {
         /// The error.
         source: std::io::Error,
     },
-    /// A limit the kernel refused.
-    #[error("{0}")]
-    Limit(String),
+    /// A limit that is wrong whatever the host: caught before anything is created.
+    #[error("invalid {limit} {value}: {reason}")]
+    InvalidLimit {
+        /// The limit as a user names it ("memory limit").
+        limit: &'static str,
+        /// The value given.
+        value: String,
+        /// Why, and what to give instead.
+        reason: String,
+    },
+    /// A limit the kernel of this host refused.
+    #[error(
+        "the kernel refused {limit} {value} ({path}): {source}; it is out of range for this host, change or drop it"
+    )]
+    Refused {
+        /// The limit as a user names it.
+        limit: &'static str,
+        /// The value written.
+        value: String,
+        /// The file.
+        path: PathBuf,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+    /// A limit needs a controller this host does not offer at this cgroup.
+    #[error(
+        "{limit} needs the {controller} cgroup controller, which is not available for {path}: {fix}"
+    )]
+    MissingController {
+        /// The limit as a user names it.
+        limit: &'static str,
+        /// The controller.
+        controller: String,
+        /// The cgroup (relative path).
+        path: String,
+        /// How to get it.
+        fix: &'static str,
+    },
+    /// A cgroup path that would leave the hierarchy or name nothing.
+    #[error("invalid cgroup path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path given.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A process could not be moved into the cgroup.
+    #[error(
+        "moving process {pid} into cgroup {path}: {source} (an empty cpuset.cpus or cpuset.mems gives \"no space left on device\")"
+    )]
+    Join {
+        /// The process.
+        pid: i32,
+        /// The cgroup.procs file.
+        path: PathBuf,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+    /// A signal could not be sent to a process of the cgroup.
+    #[error("signalling process {pid} of cgroup {path}: {source}")]
+    Signal {
+        /// The process.
+        pid: i32,
+        /// The cgroup.
+        path: String,
+        /// The error.
+        source: nix::Error,
+    },
+    /// The cgroup did not reach the wanted state in time.
+    #[error("cgroup {path}: {what}")]
+    Busy {
+        /// The cgroup.
+        path: String,
+        /// What is still going on, and what to do.
+        what: String,
+    },
     /// No cgroup filesystem found.
-    #[error("no cgroup filesystem mounted at /sys/fs/cgroup")]
+    #[error(
+        "no cgroup filesystem is mounted: mount cgroup2 at /sys/fs/cgroup (or the v1 controllers under it) and retry"
+    )]
     NoCgroups,
 }
 
@@ -35,55 +128,28 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     }
 }
 
-/// The controllers shoal uses on v1.
-const V1_CONTROLLERS: &[&str] = &[
-    "memory", "cpu", "cpuacct", "pids", "cpuset", "devices", "freezer", "blkio",
-];
-
-/// How the host's cgroups are laid out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Layout {
-    /// One hierarchy per controller.
-    V1 {
-        /// Mount point of each controller we use that the host has.
-        controllers: Vec<(String, PathBuf)>,
-        /// A v2 hierarchy beside them, if mounted (hybrid).
-        unified: Option<PathBuf>,
-    },
-    /// One unified hierarchy.
-    V2 {
-        /// Its mount point.
-        root: PathBuf,
-    },
+/// The `linux.cgroupsPath` to give an external runtime (runc's cgroupfs driver) for the
+/// cgroup shoal would make at `<parent>/<id>`: `/shoal/<id>`.
+pub fn cgroups_path_for(parent: &str, id: &str) -> String {
+    let parent = parent.trim_matches('/');
+    if parent.is_empty() {
+        format!("/{id}")
+    } else {
+        format!("/{parent}/{id}")
+    }
 }
 
-impl Layout {
-    /// Reads the layout of this host.
-    pub fn detect() -> Result<Layout, CgroupError> {
-        Self::detect_at(Path::new("/sys/fs/cgroup"))
-    }
-
-    /// Reads the layout under `root` (a test may give a fake tree).
-    pub fn detect_at(root: &Path) -> Result<Layout, CgroupError> {
-        if root.join("cgroup.controllers").exists() {
-            return Ok(Layout::V2 {
-                root: root.to_path_buf(),
-            });
-        }
-        let controllers: Vec<(String, PathBuf)> = V1_CONTROLLERS
-            .iter()
-            .map(|c| (c.to_string(), root.join(c)))
-            .filter(|(_, p)| p.join("cgroup.procs").exists())
-            .collect();
-        if controllers.is_empty() {
-            return Err(CgroupError::NoCgroups);
-        }
-        let unified = root.join("unified");
-        Ok(Layout::V1 {
-            controllers,
-            unified: unified.join("cgroup.procs").exists().then_some(unified),
-        })
-    }
+/// What a cgroup uses now. A field is None when the host does not account it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// Memory in use, bytes (page cache included).
+    pub memory_usage: Option<u64>,
+    /// The memory limit, bytes; None when unlimited.
+    pub memory_limit: Option<u64>,
+    /// Processes (and threads) in the cgroup.
+    pub pids_current: Option<u64>,
+    /// CPU time used, nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
 }
 
 /// One container's cgroup: a directory in each hierarchy.
@@ -94,21 +160,42 @@ pub struct Cgroup {
     path: String,
 }
 
-/// The `linux.cgroupsPath` to give external runtimes for the same cgroup.
-pub fn cgroups_path_for(parent: &str, id: &str) -> String {
-    format!("/{parent}/{id}")
+/// One directory of a cgroup.
+#[derive(Debug)]
+struct Dir {
+    /// The hierarchy's mount point.
+    root: PathBuf,
+    /// The cgroup's directory in it.
+    path: PathBuf,
+    /// The unified hierarchy of a hybrid host: joined when possible, never required.
+    best_effort: bool,
 }
 
-/// The v2 weight for v1 shares, as runc converts them.
-pub fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 0;
+/// Checks a cgroup path and makes it relative: `/shoal/x/` becomes `shoal/x`.
+fn relative_path(path: &str) -> Result<String, CgroupError> {
+    let bad = |reason| CgroupError::InvalidPath {
+        path: path.to_string(),
+        reason,
+    };
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err(bad(
+            "it names the root of the hierarchy; give one like shoal/<id>",
+        ));
     }
-    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(bad("`.` and `..` are not allowed"));
+    }
+    if path.contains(['\0', '\n']) {
+        return Err(bad("it contains a NUL or newline"));
+    }
+    Ok(parts.join("/"))
 }
 
 impl Cgroup {
-    /// Creates the cgroup and writes its limits. On failure nothing is left.
+    /// Creates the cgroup at `path` (relative to each hierarchy's root, like
+    /// `shoal/<id>`) and writes its limits. Every value is checked first; on any failure
+    /// the directories this call made are removed again.
     pub fn create(
         layout: &Layout,
         path: &str,
@@ -116,329 +203,482 @@ impl Cgroup {
     ) -> Result<Cgroup, CgroupError> {
         let cg = Cgroup {
             layout: layout.clone(),
-            path: path.trim_matches('/').to_string(),
+            path: relative_path(path)?,
         };
-        let result = cg.make_dirs().and_then(|()| cg.apply(res));
+        let writes = plan(layout.is_v2(), res)?;
+        let mut created = Vec::new();
+        let result = cg
+            .make_dirs(&mut created)
+            .and_then(|()| cg.write_all(&writes));
         if let Err(e) = result {
-            let _ = cg.destroy();
+            for dir in created.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
             return Err(e);
         }
         Ok(cg)
     }
 
-    /// An existing cgroup (after a daemon restart).
-    pub fn open(layout: &Layout, path: &str) -> Cgroup {
-        Cgroup {
+    /// A cgroup made earlier (after a daemon restart). It may no longer exist: see
+    /// [`Cgroup::exists`]; [`Cgroup::destroy`] is fine either way.
+    pub fn open(layout: &Layout, path: &str) -> Result<Cgroup, CgroupError> {
+        Ok(Cgroup {
             layout: layout.clone(),
-            path: path.trim_matches('/').to_string(),
-        }
-    }
-
-    /// Every directory of this cgroup, with the controller it belongs to ("" for v2).
-    fn dirs(&self) -> Vec<(String, PathBuf)> {
-        match &self.layout {
-            Layout::V1 {
-                controllers,
-                unified,
-            } => {
-                let mut v: Vec<_> = controllers
-                    .iter()
-                    .map(|(c, root)| (c.clone(), root.join(&self.path)))
-                    .collect();
-                if let Some(u) = unified {
-                    v.push((String::new(), u.join(&self.path)));
-                }
-                v
-            }
-            Layout::V2 { root } => vec![(String::new(), root.join(&self.path))],
-        }
-    }
-
-    fn make_dirs(&self) -> Result<(), CgroupError> {
-        match &self.layout {
-            Layout::V1 {
-                controllers,
-                unified,
-            } => {
-                for (c, root) in controllers {
-                    mkdirs(root, &self.path, |dir, parent| {
-                        // A new cpuset cgroup is empty until it gets cpus and mems.
-                        if c == "cpuset" {
-                            for f in ["cpuset.cpus", "cpuset.mems"] {
-                                let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
-                                let _ = std::fs::write(dir.join(f), v.trim());
-                            }
-                        }
-                        Ok(())
-                    })?;
-                }
-                if let Some(u) = unified {
-                    mkdirs(u, &self.path, |_, _| Ok(()))?;
-                }
-                Ok(())
-            }
-            Layout::V2 { root } => mkdirs(root, &self.path, |_, parent| {
-                // Delegate the controllers we limit to the new level.
-                let available =
-                    std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
-                let wanted: Vec<String> = ["cpu", "memory", "pids", "cpuset", "io"]
-                    .iter()
-                    .filter(|c| available.split_whitespace().any(|a| a == **c))
-                    .map(|c| format!("+{c}"))
-                    .collect();
-                if !wanted.is_empty() {
-                    let f = parent.join("cgroup.subtree_control");
-                    std::fs::write(&f, wanted.join(" ")).map_err(io(&f))?;
-                }
-                Ok(())
-            }),
-        }
-    }
-
-    fn write(&self, controller: &str, file: &str, value: &str) -> Result<(), CgroupError> {
-        for (c, dir) in self.dirs() {
-            let matches = match &self.layout {
-                Layout::V1 { .. } => c == controller,
-                Layout::V2 { .. } => true,
-            };
-            if matches {
-                let p = dir.join(file);
-                return std::fs::write(&p, value).map_err(|e| {
-                    if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EBUSY) {
-                        CgroupError::Limit(format!(
-                            "the kernel refused {file} = {value}: the limit is out of range for this host"
-                        ))
-                    } else {
-                        io(&p)(e)
-                    }
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn has(&self, controller: &str, file: &str) -> bool {
-        self.dirs().iter().any(|(c, d)| {
-            (matches!(self.layout, Layout::V2 { .. }) || c == controller) && d.join(file).exists()
+            path: relative_path(path)?,
         })
     }
 
-    fn apply(&self, res: &LinuxResources) -> Result<(), CgroupError> {
-        let v2 = matches!(self.layout, Layout::V2 { .. });
-        if let Some(mem) = res.memory() {
-            if let Some(limit) = mem.limit().filter(|l| *l > 0) {
-                if v2 {
-                    self.write("memory", "memory.max", &limit.to_string())?;
-                    if let Some(swap) = mem.swap().filter(|s| *s > 0) {
-                        // v1's memsw counts memory too; v2's swap.max is swap alone.
-                        self.write(
-                            "memory",
-                            "memory.swap.max",
-                            &(swap - limit).max(0).to_string(),
-                        )?;
+    /// The path relative to each hierarchy's root, like `shoal/<id>`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether the cgroup's directories exist.
+    pub fn exists(&self) -> bool {
+        self.dirs()
+            .iter()
+            .any(|d| !d.best_effort && d.path.is_dir())
+    }
+
+    /// Every directory of this cgroup, one per distinct hierarchy.
+    fn dirs(&self) -> Vec<Dir> {
+        match &self.layout {
+            Layout::V1 {
+                controllers,
+                unified,
+            } => {
+                let mut roots: Vec<&PathBuf> = Vec::new();
+                for (_, root) in controllers {
+                    if !roots.contains(&root) {
+                        roots.push(root);
                     }
-                } else {
-                    self.write("memory", "memory.limit_in_bytes", &limit.to_string())?;
-                    if self.has("memory", "memory.memsw.limit_in_bytes") {
-                        let swap = mem.swap().filter(|s| *s >= limit).unwrap_or(limit * 2);
-                        self.write("memory", "memory.memsw.limit_in_bytes", &swap.to_string())?;
-                    }
                 }
+                let mut dirs: Vec<Dir> = roots
+                    .into_iter()
+                    .map(|root| Dir {
+                        root: root.clone(),
+                        path: root.join(&self.path),
+                        best_effort: false,
+                    })
+                    .collect();
+                if let Some(u) = unified {
+                    dirs.push(Dir {
+                        root: u.clone(),
+                        path: u.join(&self.path),
+                        best_effort: true,
+                    });
+                }
+                dirs
             }
-            if let Some(r) = mem.reservation().filter(|r| *r > 0) {
-                let file = if v2 {
-                    "memory.low"
+            Layout::V2 { root } => vec![Dir {
+                root: root.clone(),
+                path: root.join(&self.path),
+                best_effort: false,
+            }],
+        }
+    }
+
+    fn make_dirs(&self, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+        let cpuset = self.layout.v1_root("cpuset").map(Path::to_path_buf);
+        for dir in self.dirs() {
+            let is_cpuset = cpuset.as_deref() == Some(dir.root.as_path());
+            let made = mkdirs(&dir.root, &self.path, created, |new, parent| {
+                if is_cpuset {
+                    inherit_cpuset(new, parent)
                 } else {
-                    "memory.soft_limit_in_bytes"
-                };
-                self.write("memory", file, &r.to_string())?;
+                    Ok(())
+                }
+            });
+            match made {
+                Err(e) if dir.best_effort => {
+                    tracing::debug!("joining the unified hierarchy is best effort: {e}");
+                }
+                other => other?,
             }
         }
-        if let Some(cpu) = res.cpu() {
-            let period = cpu.period().unwrap_or(100_000);
-            if let Some(quota) = cpu.quota().filter(|q| *q > 0) {
-                if v2 {
-                    self.write("cpu", "cpu.max", &format!("{quota} {period}"))?;
-                } else {
-                    self.write("cpu", "cpu.cfs_period_us", &period.to_string())?;
-                    self.write("cpu", "cpu.cfs_quota_us", &quota.to_string())?;
-                }
-            }
-            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
-                if v2 {
-                    self.write("cpu", "cpu.weight", &shares_to_weight(shares).to_string())?;
-                } else {
-                    self.write("cpu", "cpu.shares", &shares.to_string())?;
-                }
-            }
-            if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
-                self.write("cpuset", "cpuset.cpus", cpus)?;
-            }
-            if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
-                self.write("cpuset", "cpuset.mems", mems)?;
-            }
-        }
-        if let Some(pids) = res.pids()
-            && pids.limit() > 0
-        {
-            self.write("pids", "pids.max", &pids.limit().to_string())?;
-        }
-        if !v2 {
-            self.apply_v1_devices()?;
+        if let Layout::V2 { root } = &self.layout {
+            self.delegate(root);
         }
         Ok(())
     }
 
-    /// The device rules every container gets on v1: nothing but the standard character
-    /// devices and ptys, so a container with CAP_MKNOD cannot open the host's disks.
-    /// (On v2 the same needs an eBPF program; not done yet.)
-    fn apply_v1_devices(&self) -> Result<(), CgroupError> {
-        if !self.has("devices", "devices.deny") {
-            return Ok(());
+    /// Enables the controllers shoal limits in every ancestor's subtree_control, so the
+    /// cgroup gets their files. Best effort: a controller that stays off makes the write
+    /// of a limit that needs it fail with a clear error.
+    fn delegate(&self, root: &Path) {
+        let offered = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let wanted: Vec<&str> = V2_CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| offered.split_whitespace().any(|o| o == *c))
+            .collect();
+        let mut dir = root.to_path_buf();
+        let parts: Vec<&str> = self.path.split('/').collect();
+        for part in &parts {
+            let file = dir.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&file).unwrap_or_default();
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !missing.is_empty()
+                && let Err(e) = std::fs::write(&file, missing.join(" "))
+            {
+                tracing::debug!("enabling {missing:?} in {}: {e}", file.display());
+            }
+            dir.push(part);
         }
-        self.write("devices", "devices.deny", "a")?;
-        for rule in [
-            "c 1:3 rwm",    // null
-            "c 1:5 rwm",    // zero
-            "c 1:7 rwm",    // full
-            "c 1:8 rwm",    // random
-            "c 1:9 rwm",    // urandom
-            "c 5:0 rwm",    // tty
-            "c 5:1 rwm",    // console
-            "c 5:2 rwm",    // ptmx
-            "c 136:* rwm",  // pts
-            "c 10:200 rwm", // tun
-            "c *:* m",
-            "b *:* m",
-        ] {
-            self.write("devices", "devices.allow", rule)?;
-        }
-        Ok(())
     }
 
-    /// Moves `pid` into the cgroup in every hierarchy.
-    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
-        let dirs = self.dirs();
-        for (c, dir) in &dirs {
-            let p = dir.join("cgroup.procs");
-            let r = std::fs::write(&p, pid.to_string());
-            // The unified hierarchy of a hybrid host is best effort.
-            if c.is_empty() && matches!(self.layout, Layout::V1 { .. }) {
+    fn write_all(&self, writes: &[LimitWrite]) -> Result<(), CgroupError> {
+        let leaf_offers = match &self.layout {
+            Layout::V2 { root } => {
+                std::fs::read_to_string(root.join(&self.path).join("cgroup.controllers")).ok()
+            }
+            Layout::V1 { .. } => None,
+        };
+        for w in writes {
+            let missing = |fix| CgroupError::MissingController {
+                limit: w.limit,
+                controller: w.controller.clone(),
+                path: self.path.clone(),
+                fix,
+            };
+            let dir = match &self.layout {
+                Layout::V1 { .. } => match self.layout.v1_root(&w.controller) {
+                    Some(root) => root.join(&self.path),
+                    None if w.optional => continue,
+                    None => {
+                        return Err(missing(
+                            "mount its v1 hierarchy under /sys/fs/cgroup, or drop the limit",
+                        ));
+                    }
+                },
+                Layout::V2 { root } => {
+                    // Fake trees have no cgroup.controllers in new dirs; the kernel always does.
+                    let offered = leaf_offers
+                        .as_deref()
+                        .is_none_or(|o| o.split_whitespace().any(|c| c == w.controller));
+                    if !offered {
+                        if w.optional {
+                            continue;
+                        }
+                        return Err(missing(
+                            "enable it in the parent cgroups' cgroup.subtree_control (under systemd, Delegate=yes), or drop the limit",
+                        ));
+                    }
+                    root.join(&self.path)
+                }
+            };
+            let file = dir.join(&w.file);
+            if w.optional && !file.exists() {
                 continue;
             }
-            r.map_err(io(&p))?;
+            std::fs::write(&file, &w.value).map_err(|source| {
+                let refused = [libc::EINVAL, libc::EBUSY, libc::ERANGE, libc::ENOSPC];
+                if source.raw_os_error().is_some_and(|e| refused.contains(&e)) {
+                    CgroupError::Refused {
+                        limit: w.limit,
+                        value: w.value.clone(),
+                        path: file.clone(),
+                        source,
+                    }
+                } else {
+                    io(&file)(source)
+                }
+            })?;
         }
         Ok(())
     }
 
-    /// Pids in the cgroup.
-    pub fn pids(&self) -> Vec<i32> {
-        let dir = match &self.layout {
-            Layout::V1 { controllers, .. } => controllers
-                .iter()
-                .find(|(c, _)| c == "pids" || c == "memory")
-                .map(|(_, r)| r.join(&self.path)),
-            Layout::V2 { root } => Some(root.join(&self.path)),
-        };
-        dir.and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Whether the OOM killer has killed a process of this cgroup.
-    pub fn oom_killed(&self) -> bool {
-        let (file, key) = match &self.layout {
-            Layout::V1 { .. } => ("memory.oom_control", "oom_kill"),
-            Layout::V2 { .. } => ("memory.events", "oom_kill"),
-        };
-        self.dirs()
-            .iter()
-            .filter(|(c, _)| c == "memory" || matches!(self.layout, Layout::V2 { .. }))
-            .filter_map(|(_, d)| std::fs::read_to_string(d.join(file)).ok())
-            .any(|text| {
-                text.lines().any(|l| {
-                    let mut parts = l.split_whitespace();
-                    parts.next() == Some(key)
-                        && parts
-                            .next()
-                            .and_then(|n| n.parse::<u64>().ok())
-                            .is_some_and(|n| n > 0)
-                })
-            })
-    }
-
-    /// Memory in use, in bytes.
-    pub fn memory_usage(&self) -> Option<u64> {
-        let file = match &self.layout {
-            Layout::V1 { .. } => "memory.usage_in_bytes",
-            Layout::V2 { .. } => "memory.current",
-        };
-        self.dirs()
-            .iter()
-            .filter(|(c, _)| c == "memory" || matches!(self.layout, Layout::V2 { .. }))
-            .find_map(|(_, d)| std::fs::read_to_string(d.join(file)).ok())
-            .and_then(|s| s.trim().parse().ok())
-    }
-
-    /// Kills every process left, waits for the cgroup to empty, and removes its
-    /// directories. Parents it made are left (they are shared). Safe to call twice.
-    pub fn destroy(&self) -> Result<(), CgroupError> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let pids = self.pids();
-            if pids.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut last = Ok(());
-        for (_, dir) in self.dirs() {
-            let mut tries = 0;
-            loop {
-                match std::fs::remove_dir(&dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => {
-                        last = Err(io(&dir)(e));
-                        break;
-                    }
+    /// Moves `pid` into the cgroup in every hierarchy (the unified one of a hybrid host
+    /// best effort).
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            let file = dir.path.join("cgroup.procs");
+            match std::fs::write(&file, pid.to_string()) {
+                Ok(()) => {}
+                Err(e) if dir.best_effort => {
+                    tracing::debug!("joining {} is best effort: {e}", file.display());
+                }
+                Err(source) => {
+                    return Err(CgroupError::Join {
+                        pid,
+                        path: file,
+                        source,
+                    });
                 }
             }
         }
-        last
+        Ok(())
+    }
+
+    /// Processes in the cgroup, in any of its hierarchies, sorted.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.path.join("cgroup.procs")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Sends `signal` to every process in the cgroup (SIGKILL on v2 goes through
+    /// cgroup.kill, which no fork can outrun).
+    pub fn kill_all(&self, signal: Signal) -> Result<(), CgroupError> {
+        if let Layout::V2 { root } = &self.layout
+            && signal == Signal::SIGKILL
+        {
+            let file = root.join(&self.path).join("cgroup.kill");
+            if file.exists() && std::fs::write(&file, "1").is_ok() {
+                return Ok(());
+            }
+        }
+        for pid in self.pids() {
+            match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+                Ok(()) | Err(nix::Error::ESRCH) => {}
+                Err(source) => {
+                    return Err(CgroupError::Signal {
+                        pid,
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The freezer's control file, the value to write, and how to read the state back.
+    fn freezer(&self, frozen: bool) -> Result<(PathBuf, &'static str, PathBuf), CgroupError> {
+        match &self.layout {
+            Layout::V1 { .. } => {
+                let root = self.layout.v1_root("freezer").ok_or_else(|| {
+                    CgroupError::MissingController {
+                        limit: "freezing",
+                        controller: "freezer".into(),
+                        path: self.path.clone(),
+                        fix: "mount the v1 freezer hierarchy under /sys/fs/cgroup",
+                    }
+                })?;
+                let file = root.join(&self.path).join("freezer.state");
+                let value = if frozen { "FROZEN" } else { "THAWED" };
+                Ok((file.clone(), value, file))
+            }
+            Layout::V2 { root } => {
+                let dir = root.join(&self.path);
+                let value = if frozen { "1" } else { "0" };
+                Ok((dir.join("cgroup.freeze"), value, dir.join("cgroup.events")))
+            }
+        }
+    }
+
+    fn is_frozen(&self) -> bool {
+        let Ok((_, _, state)) = self.freezer(true) else {
+            return false;
+        };
+        let text = std::fs::read_to_string(state).unwrap_or_default();
+        match &self.layout {
+            Layout::V1 { .. } => matches!(text.trim(), "FROZEN" | "FREEZING"),
+            Layout::V2 { .. } => text.lines().any(|l| l.trim() == "frozen 1"),
+        }
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        let (file, value, _) = self.freezer(frozen)?;
+        std::fs::write(&file, value).map_err(io(&file))?;
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while self.is_frozen() != frozen {
+            if Instant::now() >= deadline {
+                let what = if frozen { "freeze" } else { "thaw" };
+                return Err(CgroupError::Busy {
+                    path: self.path.clone(),
+                    what: format!(
+                        "did not {what} within {SETTLE_TIMEOUT:?}; a process may be stuck in the kernel, retry later"
+                    ),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
+    /// Stops every process of the cgroup until [`Cgroup::thaw`].
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.set_frozen(true)
+    }
+
+    /// Lets the processes of a frozen cgroup run again.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.set_frozen(false)
+    }
+
+    /// Whether the OOM killer has killed a process of this cgroup (the kernel's
+    /// `oom_kill` count, on v1 in memory.oom_control, on v2 in memory.events).
+    pub fn oom_killed(&self) -> bool {
+        let file = match &self.layout {
+            Layout::V1 { .. } => self
+                .layout
+                .v1_root("memory")
+                .map(|r| r.join(&self.path).join("memory.oom_control")),
+            Layout::V2 { root } => Some(root.join(&self.path).join("memory.events")),
+        };
+        let text = file
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .unwrap_or_default();
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    }
+
+    /// Memory, processes and CPU time used now.
+    pub fn stats(&self) -> CgroupStats {
+        let num = |p: Option<PathBuf>| {
+            p.and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        match &self.layout {
+            Layout::V1 { .. } => {
+                let file =
+                    |c: &str, f: &str| self.layout.v1_root(c).map(|r| r.join(&self.path).join(f));
+                CgroupStats {
+                    memory_usage: num(file("memory", "memory.usage_in_bytes")),
+                    // v1 shows "unlimited" as a number near i64::MAX.
+                    memory_limit: num(file("memory", "memory.limit_in_bytes"))
+                        .filter(|l| *l < 1 << 62),
+                    pids_current: num(file("pids", "pids.current")),
+                    cpu_usage_ns: num(file("cpuacct", "cpuacct.usage")),
+                }
+            }
+            Layout::V2 { root } => {
+                let dir = root.join(&self.path);
+                let cpu_usage_ns = std::fs::read_to_string(dir.join("cpu.stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("usage_usec "))
+                            .and_then(|n| n.trim().parse::<u64>().ok())
+                    })
+                    .map(|us| us.saturating_mul(1000));
+                CgroupStats {
+                    memory_usage: num(Some(dir.join("memory.current"))),
+                    memory_limit: num(Some(dir.join("memory.max"))),
+                    pids_current: num(Some(dir.join("pids.current"))),
+                    cpu_usage_ns,
+                }
+            }
+        }
+    }
+
+    /// Kills every process left, waits (bounded) for the cgroup to empty, and removes its
+    /// directory in every hierarchy. Parent directories stay: they are shared, and
+    /// removing one could race with a sibling being created. Safe to call twice.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        let dirs = self.dirs();
+        if dirs.iter().all(|d| !d.path.exists()) {
+            return Ok(());
+        }
+        // A frozen v1 task cannot act on SIGKILL until thawed.
+        if self.is_frozen()
+            && let Err(e) = self.thaw()
+        {
+            tracing::debug!("thawing {} before killing: {e}", self.path);
+        }
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::Busy {
+                    path: self.path.clone(),
+                    what: format!(
+                        "processes {pids:?} still alive {KILL_TIMEOUT:?} after SIGKILL; they may be stuck in the kernel (D state), retry later"
+                    ),
+                });
+            }
+            self.kill_all(Signal::SIGKILL)?;
+            std::thread::sleep(POLL);
+        }
+        let mut first_error = None;
+        for dir in &dirs {
+            if let Err(e) = remove_cgroup_dir(&dir.path) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
-/// Creates `root/rel` one level at a time, calling `init(dir, parent)` for each new level.
+/// Removes one empty cgroup directory, retrying while the kernel still tears down the
+/// last exited task (EBUSY).
+fn remove_cgroup_dir(dir: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(POLL);
+            }
+            Err(e) => return Err(io(dir)(e)),
+        }
+    }
+}
+
+/// Creates `root/rel` one level at a time, recording each new directory in `created` and
+/// calling `init(new, parent)` for it.
 fn mkdirs(
     root: &Path,
     rel: &str,
-    mut init: impl FnMut(&Path, &Path) -> Result<(), CgroupError>,
+    created: &mut Vec<PathBuf>,
+    init: impl Fn(&Path, &Path) -> Result<(), CgroupError>,
 ) -> Result<(), CgroupError> {
     let mut dir = root.to_path_buf();
-    for part in rel.split('/').filter(|p| !p.is_empty()) {
+    for part in rel.split('/') {
         let parent = dir.clone();
         dir.push(part);
-        if !dir.exists() {
-            std::fs::create_dir(&dir).or_else(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Ok(())
-                } else {
-                    Err(io(&dir)(e))
-                }
-            })?;
-            init(&dir, &parent)?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                created.push(dir.clone());
+                init(&dir, &parent)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(&dir)(e)),
         }
+    }
+    Ok(())
+}
+
+/// A new v1 cpuset cgroup starts with no CPUs and no memory nodes, and no task can join
+/// it: give it its parent's.
+fn inherit_cpuset(dir: &Path, parent: &Path) -> Result<(), CgroupError> {
+    for (file, effective) in [
+        ("cpuset.cpus", "cpuset.effective_cpus"),
+        ("cpuset.mems", "cpuset.effective_mems"),
+    ] {
+        let read = |f: &str| {
+            std::fs::read_to_string(parent.join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let mut value = read(file);
+        if value.is_empty() {
+            value = read(effective);
+        }
+        let target = dir.join(file);
+        std::fs::write(&target, &value).map_err(io(&target))?;
     }
     Ok(())
 }
@@ -450,35 +690,34 @@ mod tests {
         LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
     };
 
-    fn resources() -> LinuxResources {
+    pub(super) fn resources() -> LinuxResources {
         LinuxResourcesBuilder::default()
             .memory(
                 LinuxMemoryBuilder::default()
                     .limit(64 << 20)
-                    .swap(128 << 20)
                     .build()
-                    .unwrap(),
+                    .expect("memory"),
             )
             .cpu(
                 LinuxCpuBuilder::default()
-                    .quota(150_000)
+                    .quota(50_000)
                     .period(100_000u64)
                     .shares(512u64)
                     .build()
-                    .unwrap(),
+                    .expect("cpu"),
             )
-            .pids(LinuxPidsBuilder::default().limit(32).build().unwrap())
+            .pids(LinuxPidsBuilder::default().limit(32).build().expect("pids"))
             .build()
-            .unwrap()
+            .expect("resources")
     }
 
     fn fake_v1(root: &Path) {
         for c in V1_CONTROLLERS {
-            std::fs::create_dir_all(root.join(c)).unwrap();
-            std::fs::write(root.join(c).join("cgroup.procs"), "").unwrap();
+            std::fs::create_dir_all(root.join(c)).expect("mkdir");
+            std::fs::write(root.join(c).join("cgroup.procs"), "").expect("procs");
         }
-        std::fs::write(root.join("cpuset/cpuset.cpus"), "0-1\n").unwrap();
-        std::fs::write(root.join("cpuset/cpuset.mems"), "0\n").unwrap();
+        std::fs::write(root.join("cpuset/cpuset.cpus"), "0-1\n").expect("cpus");
+        std::fs::write(root.join("cpuset/cpuset.mems"), "0\n").expect("mems");
     }
 
     fn read(p: PathBuf) -> String {
@@ -486,142 +725,154 @@ mod tests {
     }
 
     #[test]
-    fn detects_layouts() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            Layout::detect_at(dir.path()),
-            Err(CgroupError::NoCgroups)
-        ));
-        fake_v1(dir.path());
-        match Layout::detect_at(dir.path()).unwrap() {
-            Layout::V1 {
-                controllers,
-                unified,
-            } => {
-                assert_eq!(controllers.len(), V1_CONTROLLERS.len());
-                assert!(unified.is_none());
-            }
-            other => panic!("{other:?}"),
-        }
-        let v2 = tempfile::tempdir().unwrap();
-        std::fs::write(v2.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
-        assert_eq!(
-            Layout::detect_at(v2.path()).unwrap(),
-            Layout::V2 {
-                root: v2.path().to_path_buf()
-            }
-        );
-    }
-
-    #[test]
-    fn writes_v1_limits() {
-        let dir = tempfile::tempdir().unwrap();
-        fake_v1(dir.path());
-        // The kernel creates these files; in a fake tree the test does.
-        let layout = Layout::detect_at(dir.path()).unwrap();
-        let cg = Cgroup::create(&layout, "shoal/c1", &LinuxResources::default()).unwrap();
-        let mem = dir.path().join("memory/shoal/c1");
-        std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "").unwrap();
-        std::fs::write(dir.path().join("devices/shoal/c1/devices.deny"), "").unwrap();
-        cg.apply(&resources()).unwrap();
-        assert_eq!(
-            read(mem.join("memory.limit_in_bytes")),
-            (64u64 << 20).to_string()
-        );
-        assert_eq!(
-            read(mem.join("memory.memsw.limit_in_bytes")),
-            (128u64 << 20).to_string()
-        );
-        let cpu = dir.path().join("cpu/shoal/c1");
-        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "150000");
+    fn writes_v1_limits_into_each_hierarchy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fake_v1(root);
+        // Files the kernel would show only with swap accounting or a devices controller.
+        std::fs::create_dir_all(root.join("memory/shoal/c1")).expect("mkdir");
+        std::fs::write(root.join("memory/shoal/c1/memory.memsw.limit_in_bytes"), "")
+            .expect("memsw");
+        let layout = Layout::detect_at(root).expect("layout");
+        let cg = Cgroup::create(&layout, "/shoal/c1/", &resources()).expect("create");
+        assert_eq!(cg.path(), "shoal/c1");
+        let mem = root.join("memory/shoal/c1");
+        assert_eq!(read(mem.join("memory.limit_in_bytes")), "67108864");
+        assert_eq!(read(mem.join("memory.memsw.limit_in_bytes")), "134217728");
+        let cpu = root.join("cpu/shoal/c1");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "50000");
         assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
         assert_eq!(read(cpu.join("cpu.shares")), "512");
-        assert_eq!(read(dir.path().join("pids/shoal/c1/pids.max")), "32");
-        assert_eq!(read(dir.path().join("cpuset/shoal/cpuset.cpus")), "0-1");
-        assert_eq!(read(dir.path().join("cpuset/shoal/c1/cpuset.mems")), "0");
-        // The last rule written wins in a plain file; the kernel would accumulate them.
-        assert_eq!(read(dir.path().join("devices/shoal/c1/devices.deny")), "a");
+        assert_eq!(read(root.join("pids/shoal/c1/pids.max")), "32");
+        // New cpuset levels get their parent's CPUs and memory nodes.
+        assert_eq!(read(root.join("cpuset/shoal/cpuset.cpus")), "0-1");
+        assert_eq!(read(root.join("cpuset/shoal/c1/cpuset.mems")), "0");
+        // No limit lands in another controller's hierarchy.
+        assert!(!root.join("memory/shoal/c1/pids.max").exists());
+        assert!(!root.join("pids/shoal/c1/memory.limit_in_bytes").exists());
+        // devices.deny does not exist in a fake tree: the default rules are skipped.
+        assert!(!root.join("devices/shoal/c1/devices.deny").exists());
+        cg.add_process(4242).expect("join");
+        assert_eq!(read(root.join("freezer/shoal/c1/cgroup.procs")), "4242");
+        assert_eq!(cg.pids(), vec![4242]);
     }
 
     #[test]
     fn writes_v2_limits_and_delegates_controllers() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
         std::fs::write(
-            dir.path().join("cgroup.controllers"),
-            "cpuset cpu io memory pids\n",
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids\n",
         )
-        .unwrap();
-        let layout = Layout::detect_at(dir.path()).unwrap();
-        let cg = Cgroup::create(&layout, "shoal/c2", &resources()).unwrap();
-        let d = dir.path().join("shoal/c2");
-        assert_eq!(read(d.join("memory.max")), (64u64 << 20).to_string());
-        assert_eq!(read(d.join("memory.swap.max")), (64u64 << 20).to_string());
-        assert_eq!(read(d.join("cpu.max")), "150000 100000");
-        assert_eq!(
-            read(d.join("cpu.weight")),
-            shares_to_weight(512).to_string()
+        .expect("controllers");
+        std::fs::write(root.join("cgroup.subtree_control"), "cpu\n").expect("subtree");
+        let layout = Layout::detect_at(root).expect("layout");
+        let cg = Cgroup::create(&layout, "shoal/c2", &resources()).expect("create");
+        let d = root.join("shoal/c2");
+        assert_eq!(read(d.join("memory.max")), "67108864");
+        assert!(
+            !d.join("memory.swap.max").exists(),
+            "optional, absent in the fake"
         );
+        assert_eq!(read(d.join("cpu.max")), "50000 100000");
+        assert_eq!(read(d.join("cpu.weight")), "20");
         assert_eq!(read(d.join("pids.max")), "32");
+        // Only what is missing is enabled, at every level above the leaf, not in it.
         assert_eq!(
-            read(dir.path().join("cgroup.subtree_control")),
-            "+cpu +memory +pids +cpuset +io"
+            read(root.join("cgroup.subtree_control")),
+            "+cpuset +io +memory +pids"
         );
-        drop(cg);
+        assert_eq!(
+            read(root.join("shoal/cgroup.subtree_control")),
+            "+cpu +cpuset +io +memory +pids"
+        );
+        assert!(!d.join("cgroup.subtree_control").exists());
+        assert!(cg.exists());
     }
 
     #[test]
-    fn converts_shares_to_weight() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(262_144), 10_000);
-        assert_eq!(shares_to_weight(0), 0);
+    fn v2_limit_without_its_controller_is_refused_and_cleaned_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("cgroup.controllers"), "memory\n").expect("controllers");
+        // Pretend the kernel made the leaf with only memory available. It exists
+        // beforehand, so it is not ours to remove; "shoal" is.
+        std::fs::create_dir_all(root.join("shoal/c3")).expect("mkdir");
+        std::fs::write(root.join("shoal/c3/cgroup.controllers"), "memory\n").expect("write");
+        let layout = Layout::v2(root);
+        let e = Cgroup::create(&layout, "shoal/c3", &resources()).expect_err("no pids");
+        assert!(
+            matches!(&e, CgroupError::MissingController { controller, .. } if controller == "cpu"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("cpu quota needs the cpu cgroup controller"),
+            "{e}"
+        );
+        assert!(root.join("shoal/c3").exists());
     }
 
-    /// Real kernel: limits are applied, a process joins, destroy kills it and removes the
-    /// directories.
     #[test]
-    fn real_cgroup_lifecycle() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root to create cgroups");
-            return;
+    fn invalid_limits_create_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fake_v1(dir.path());
+        let layout = Layout::detect_at(dir.path()).expect("layout");
+        let res = LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(4096)
+                    .build()
+                    .expect("memory"),
+            )
+            .build()
+            .expect("resources");
+        let e = Cgroup::create(&layout, "shoal/c4", &res).expect_err("too small");
+        assert!(e.to_string().contains("invalid memory limit 4096"), "{e}");
+        assert!(!dir.path().join("memory/shoal").exists());
+        for bad in ["", "/", "shoal/../../etc", "./x"] {
+            let e = Cgroup::create(&layout, bad, &LinuxResources::default()).expect_err(bad);
+            assert!(matches!(e, CgroupError::InvalidPath { .. }), "{bad}: {e}");
         }
-        let layout = Layout::detect().expect("cgroups mounted");
-        let path = format!("shoal-unit-{}/c", std::process::id());
-        let cg = Cgroup::create(&layout, &path, &resources()).expect("create");
-        struct Guard(Cgroup, Layout, String);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                let _ = self.0.destroy();
-                let parent = self.2.split('/').next().unwrap_or_default().to_string();
-                let _ = Cgroup::open(&self.1, &parent).destroy();
+    }
+
+    #[test]
+    fn reads_oom_kills_and_stats() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("cgroup.controllers"), "memory pids\n").expect("write");
+        let cg = Cgroup::create(&Layout::v2(root), "shoal/c5", &LinuxResources::default())
+            .expect("create");
+        let d = root.join("shoal/c5");
+        assert!(!cg.oom_killed(), "no memory.events yet");
+        std::fs::write(
+            d.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n",
+        )
+        .expect("write");
+        assert!(!cg.oom_killed(), "an OOM event without a kill");
+        std::fs::write(d.join("memory.events"), "max 3\noom 1\noom_kill 2\n").expect("write");
+        assert!(cg.oom_killed());
+        std::fs::write(d.join("memory.current"), "1234\n").expect("write");
+        std::fs::write(d.join("memory.max"), "max\n").expect("write");
+        std::fs::write(d.join("pids.current"), "3\n").expect("write");
+        std::fs::write(d.join("cpu.stat"), "usage_usec 7\nuser_usec 5\n").expect("write");
+        assert_eq!(
+            cg.stats(),
+            CgroupStats {
+                memory_usage: Some(1234),
+                memory_limit: None,
+                pids_current: Some(3),
+                cpu_usage_ns: Some(7000),
             }
-        }
-        let guard = Guard(cg, layout.clone(), path.clone());
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        guard.0.add_process(child.id() as i32).unwrap();
-        assert_eq!(guard.0.pids(), vec![child.id() as i32]);
-        assert!(!guard.0.oom_killed());
-        match &layout {
-            Layout::V1 { controllers, .. } => {
-                let mem = &controllers.iter().find(|(c, _)| c == "memory").unwrap().1;
-                assert_eq!(
-                    read(mem.join(&path).join("memory.limit_in_bytes")).trim(),
-                    (64u64 << 20).to_string()
-                );
-            }
-            Layout::V2 { root } => {
-                assert_eq!(
-                    read(root.join(&path).join("memory.max")).trim(),
-                    (64u64 << 20).to_string()
-                );
-            }
-        }
-        guard.0.destroy().unwrap();
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "destroy killed the process");
-        assert!(guard.0.dirs().iter().all(|(_, d)| !d.exists()));
+        );
+    }
+
+    #[test]
+    fn cgroups_path_for_runc() {
+        assert_eq!(cgroups_path_for("shoal", "abc"), "/shoal/abc");
+        assert_eq!(cgroups_path_for("/shoal/", "abc"), "/shoal/abc");
+        assert_eq!(cgroups_path_for("", "abc"), "/abc");
     }
 }
