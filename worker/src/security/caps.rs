@@ -1,5 +1,17 @@
 //! Capabilities: Docker's default set, `--cap-add`/`--cap-drop`, and applying them with
 //! capset(2) and prctl(2) in the builtin runtime.
+//!
+//! The builtin runtime calls [`prepare`] before fork (it reads /proc and computes masks)
+//! and the [`PreparedCaps`] methods after, which make syscalls only. For a container whose
+//! user is not root, the order matters:
+//!
+//! 1. [`PreparedCaps::apply_bounding`]: dropping from the bounding set needs CAP_SETPCAP,
+//!    which a non-root user no longer has;
+//! 2. `prctl(PR_SET_KEEPCAPS, 1)`, then setgroups, setresgid, setresuid: without
+//!    KEEPCAPS the change of uid empties the permitted set;
+//! 3. [`PreparedCaps::apply_sets`]: effective, permitted, inheritable and ambient.
+//!
+//! [`PreparedCaps::apply`] does 1 and 3 for a process whose user does not change.
 
 use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities};
 
@@ -118,10 +130,8 @@ pub fn resolve(add: &[String], drop: &[String]) -> Result<Vec<Capability>, Secur
     } else {
         DEFAULT.to_vec()
     };
-    if drop_all && !add_all {
-        // `--cap-drop ALL --cap-add X` gives exactly X.
-        set.extend(adds.iter().flatten().copied());
-    } else if !add_all {
+    if !add_all {
+        // On top of the default set, or of nothing after `--cap-drop ALL`.
         set.extend(adds.iter().flatten().copied());
     }
     set.retain(|c| !drops.iter().flatten().any(|d| d == c));
@@ -149,7 +159,7 @@ pub fn linux_capabilities(caps: &[Capability], root_user: bool) -> LinuxCapabili
     lc
 }
 
-/// A bit mask of capabilities.
+/// A bit mask of capabilities: bit n set for capability number n.
 pub fn mask_of<'a>(caps: impl IntoIterator<Item = &'a Capability>) -> u64 {
     caps.into_iter()
         .map(|c| number(*c))
@@ -157,13 +167,35 @@ pub fn mask_of<'a>(caps: impl IntoIterator<Item = &'a Capability>) -> u64 {
         .fold(0, |m, n| m | (1u64 << n))
 }
 
-/// The effective capabilities of a process, read from /proc.
-pub fn effective_of(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// The mask of one capability line (`CapEff`, `CapPrm`, `CapBnd`, ...) of a
+/// /proc/<pid>/status text.
+pub fn status_mask(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+fn proc_mask(pid: i32, field: &str) -> Result<u64, SecurityError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|source| SecurityError::Proc { pid, source })?;
+    status_mask(&status, field).ok_or_else(|| SecurityError::Proc {
+        pid,
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("no {field} line in its status"),
+        ),
+    })
+}
+
+/// The effective capabilities of a process (`CapEff` of /proc/<pid>/status).
+pub fn effective_of(pid: i32) -> Result<u64, SecurityError> {
+    proc_mask(pid, "CapEff")
+}
+
+/// The bounding set of a process (`CapBnd` of /proc/<pid>/status).
+pub fn bounding_of(pid: i32) -> Result<u64, SecurityError> {
+    proc_mask(pid, "CapBnd")
 }
 
 /// The highest capability number this kernel knows.
@@ -185,17 +217,32 @@ pub struct PreparedCaps {
     last_cap: u32,
 }
 
-/// Computes the masks of an OCI capabilities section.
+/// Computes the masks of an OCI capabilities section, before fork. Capabilities this
+/// kernel does not know (above /proc/sys/kernel/cap_last_cap) are left out, as runc does.
+/// Never fails today; the Result leaves room for checks the caller must not skip.
 pub fn prepare(caps: &LinuxCapabilities) -> Result<PreparedCaps, SecurityError> {
-    let m = |s: &Option<Capabilities>| s.as_ref().map(|s| mask_of(s.iter())).unwrap_or(0);
+    let last_cap = last_cap().min(63);
+    let known = if last_cap == 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last_cap + 1)) - 1
+    };
+    let m = |s: &Option<Capabilities>| s.as_ref().map_or(0, |s| mask_of(s.iter()) & known);
     Ok(PreparedCaps {
         bounding: m(caps.bounding()),
         effective: m(caps.effective()),
         permitted: m(caps.permitted()),
         inheritable: m(caps.inheritable()),
         ambient: m(caps.ambient()),
-        last_cap: last_cap(),
+        last_cap,
     })
+}
+
+/// Applies an OCI capabilities section to the calling thread, for a process whose user
+/// does not change. Allocates (it calls [`prepare`]): after fork, use
+/// [`PreparedCaps::apply`] on a value prepared before.
+pub fn apply(caps: &LinuxCapabilities) -> Result<(), SecurityError> {
+    prepare(caps)?.apply()
 }
 
 #[repr(C)]
@@ -215,8 +262,25 @@ struct CapData {
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 impl PreparedCaps {
+    /// The bounding set, as a mask.
+    pub fn bounding(&self) -> u64 {
+        self.bounding
+    }
+
+    /// The effective set, as a mask.
+    pub fn effective(&self) -> u64 {
+        self.effective
+    }
+
+    /// Drops the bounding set, then sets the other sets: for a process whose user does
+    /// not change (see the module's notes for one that does). Syscalls only.
+    pub fn apply(&self) -> Result<(), SecurityError> {
+        self.apply_bounding()?;
+        self.apply_sets()
+    }
+
     /// Drops every capability outside the bounding set (needs CAP_SETPCAP, so call it
-    /// before the user changes).
+    /// before the user changes). Syscalls only.
     pub fn apply_bounding(&self) -> Result<(), SecurityError> {
         for cap in 0..=self.last_cap.min(63) {
             if self.bounding & (1 << cap) == 0 {
@@ -239,7 +303,7 @@ impl PreparedCaps {
     }
 
     /// Sets the effective, permitted, inheritable and ambient sets (after the user
-    /// changed, with PR_SET_KEEPCAPS so the permitted set survived it).
+    /// changed, with PR_SET_KEEPCAPS so the permitted set survived it). Syscalls only.
     pub fn apply_sets(&self) -> Result<(), SecurityError> {
         let mut header = CapHeader {
             version: CAPABILITY_VERSION_3,
@@ -342,38 +406,104 @@ mod tests {
         assert_eq!(prepare(&lc).unwrap().effective, 0xa80425fb);
     }
 
-    /// Real kernel: a forked child applies the default set; the parent reads its CapEff.
+    #[test]
+    fn reads_masks_from_a_status_text() {
+        let status = "Name:\tsh\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\n\
+                      CapEff:\t00000000a80425fb\nCapBnd:\t000001ffffffffff\n";
+        assert_eq!(status_mask(status, "CapEff"), Some(0xa80425fb));
+        assert_eq!(status_mask(status, "CapBnd"), Some(0x1ff_ffff_ffff));
+        assert_eq!(status_mask(status, "CapAmb"), None);
+        let me = std::process::id() as i32;
+        assert!(effective_of(me).is_ok());
+        let e = effective_of(-5).expect_err("no such process").to_string();
+        assert!(e.contains("process -5"), "{e}");
+    }
+
+    /// Forks a child that runs `f` (syscalls only), reports its result byte on a pipe
+    /// and waits for the parent to close the other pipe; returns the byte and what
+    /// `look` found while the child was waiting.
+    fn in_child<T>(f: impl FnOnce() -> u8, look: impl FnOnce(i32) -> T) -> (u8, T) {
+        let (result_r, result_w) = nix::unistd::pipe().expect("pipe");
+        let (hold_r, hold_w) = nix::unistd::pipe().expect("pipe");
+        // SAFETY: the child makes syscalls only and leaves with _exit.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                drop(result_r);
+                drop(hold_w);
+                let byte = f();
+                let _ = nix::unistd::write(&result_w, &[byte]);
+                // Blocks until the parent is done looking and closes its end.
+                let mut buf = [0u8; 1];
+                let _ = nix::unistd::read(&hold_r, &mut buf);
+                // SAFETY: ends the forked child.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(result_w);
+                drop(hold_r);
+                let mut buf = [0u8; 1];
+                let n = nix::unistd::read(&result_r, &mut buf).expect("read the result");
+                let seen = look(child.as_raw());
+                drop(hold_w);
+                let _ = nix::sys::wait::waitpid(child, None);
+                assert_eq!(n, 1, "the child died before reporting");
+                (buf[0], seen)
+            }
+        }
+    }
+
+    /// Real kernel: a forked child applies the default set minus NET_RAW as root; the
+    /// parent reads its CapEff and CapBnd while it waits.
     #[test]
     fn applies_in_a_child() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIPPED: needs root to hold capabilities");
             return;
         }
-        let lc = linux_capabilities(&resolve(&[], &s(&["NET_RAW"])).unwrap(), true);
-        let prepared = prepare(&lc).unwrap();
-        let (r, w) = nix::unistd::pipe().unwrap();
-        // SAFETY: the child only makes syscalls and exits with _exit.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = prepared.apply_bounding().is_ok() && prepared.apply_sets().is_ok();
-                drop(r);
-                let mut buf = [0u8; 1];
-                // Wait until the parent has looked, then exit.
-                let _ = nix::unistd::write(&w, if ok { b"y" } else { b"n" });
-                std::thread::sleep(std::time::Duration::from_millis(300));
-                let _ = &mut buf;
-                // SAFETY: ends the forked child.
-                unsafe { libc::_exit(0) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                drop(w);
-                let mut buf = [0u8; 1];
-                nix::unistd::read(&r, &mut buf).unwrap();
-                let eff = effective_of(child.as_raw());
-                let _ = nix::sys::wait::waitpid(child, None);
-                assert_eq!(&buf, b"y", "applying failed in the child");
-                assert_eq!(eff, Some(0xa80405fb));
-            }
+        let lc = linux_capabilities(&resolve(&[], &s(&["NET_RAW"])).expect("resolves"), true);
+        let prepared = prepare(&lc).expect("prepares");
+        let (ok, seen) = in_child(
+            || u8::from(prepared.apply().is_ok()),
+            |pid| (effective_of(pid), bounding_of(pid)),
+        );
+        assert_eq!(ok, 1, "applying failed in the child");
+        assert_eq!(seen.0.expect("CapEff"), 0xa80405fb);
+        assert_eq!(seen.1.expect("CapBnd"), 0xa80405fb);
+    }
+
+    /// Real kernel, the order for a non-root user: bounding set, KEEPCAPS, setuid, sets.
+    /// The user ends with no effective capability and the bounding set of the container.
+    #[test]
+    fn non_root_user_in_a_child() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to change user");
+            return;
         }
+        let lc = linux_capabilities(&resolve(&[], &[]).expect("resolves"), false);
+        let prepared = prepare(&lc).expect("prepares");
+        let (step, seen) = in_child(
+            || {
+                if prepared.apply_bounding().is_err() {
+                    return 1;
+                }
+                // SAFETY: prctl, setresgid and setresuid take integers only.
+                unsafe {
+                    libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+                    if libc::setresgid(65534, 65534, 65534) != 0
+                        || libc::setresuid(65534, 65534, 65534) != 0
+                    {
+                        return 2;
+                    }
+                }
+                if prepared.apply_sets().is_err() {
+                    return 3;
+                }
+                0
+            },
+            |pid| (effective_of(pid), bounding_of(pid)),
+        );
+        assert_eq!(step, 0, "step {step} failed in the child");
+        assert_eq!(seen.0.expect("CapEff"), 0);
+        assert_eq!(seen.1.expect("CapBnd"), 0xa80425fb);
     }
 }
