@@ -8,12 +8,10 @@ use shoal_api::engine::containers_client::ContainersClient;
 use tonic::transport::Channel;
 
 use crate::args::{self, UsageError};
-use crate::client::{Host, connect};
-use crate::image_cmd::status;
+use crate::client::{Host, connect, status};
+use crate::container_run;
+pub use crate::container_run::RunArgs;
 use crate::output;
-
-/// Exit code of a `run` that failed before the container started.
-const EXIT_RUN_FAILED: i32 = 125;
 
 /// Container subcommands.
 // Parsed once per process; the size of `run`'s flags does not matter.
@@ -56,79 +54,6 @@ pub enum ContainerCommand {
         #[arg(required = true)]
         containers: Vec<String>,
     },
-}
-
-/// `container run`.
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// Run in the background and print the container id.
-    #[arg(short, long)]
-    detach: bool,
-    /// Remove the container when it exits.
-    #[arg(long)]
-    rm: bool,
-    /// A name for the container.
-    #[arg(long)]
-    name: Option<String>,
-    /// Set an environment variable (KEY=VALUE, or KEY to pass it from this shell).
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    /// Read environment variables from a file of KEY=VALUE lines.
-    #[arg(long)]
-    env_file: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short, long)]
-    workdir: Option<String>,
-    /// User (name or uid, optionally :group).
-    #[arg(short, long)]
-    user: Option<String>,
-    /// Memory limit, such as 512m or 1g.
-    #[arg(short, long, allow_hyphen_values = true)]
-    memory: Option<String>,
-    /// CPUs the container may use, such as 0.5 or 2.
-    #[arg(long, allow_hyphen_values = true)]
-    cpus: Option<String>,
-    /// Maximum number of processes.
-    #[arg(long, allow_hyphen_values = true)]
-    pids_limit: Option<i64>,
-    /// Add a capability (or ALL).
-    #[arg(long)]
-    cap_add: Vec<String>,
-    /// Drop a capability (or ALL).
-    #[arg(long)]
-    cap_drop: Vec<String>,
-    /// Mount the root filesystem read-only.
-    #[arg(long)]
-    read_only: bool,
-    /// The container's hostname.
-    #[arg(long)]
-    hostname: Option<String>,
-    /// Publish a port: [IP:]HOSTPORT:PORT[/tcp|udp].
-    #[arg(short, long = "publish")]
-    publish: Vec<String>,
-    /// bridge (default), host or none.
-    #[arg(long, default_value = "bridge")]
-    network: String,
-    /// Override the image's entrypoint ("" for none).
-    #[arg(long)]
-    entrypoint: Option<String>,
-    /// Security options: seccomp=unconfined, no-new-privileges.
-    #[arg(long)]
-    security_opt: Vec<String>,
-    /// The signal that stops the container (default SIGTERM).
-    #[arg(long)]
-    stop_signal: Option<String>,
-    /// Seconds to wait after the stop signal before killing.
-    #[arg(long)]
-    stop_timeout: Option<i64>,
-    /// A label, KEY=VALUE.
-    #[arg(short, long = "label")]
-    label: Vec<String>,
-    /// The image.
-    image: String,
-    /// The command and its arguments (replacing the image's).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
 }
 
 /// `container ls`.
@@ -189,9 +114,9 @@ pub struct ExecArgs {
 /// `container stop`.
 #[derive(clap::Args)]
 pub struct StopArgs {
-    /// Seconds to wait before killing.
-    #[arg(short = 't', long = "time")]
-    time: Option<i64>,
+    /// Seconds to wait before killing (default: the container's --stop-timeout, or 10).
+    #[arg(short = 't', long = "time", allow_hyphen_values = true)]
+    time: Option<String>,
     /// Containers.
     #[arg(required = true)]
     containers: Vec<String>,
@@ -200,7 +125,7 @@ pub struct StopArgs {
 /// `container kill`.
 #[derive(clap::Args)]
 pub struct KillArgs {
-    /// The signal (default KILL).
+    /// The signal: a name such as TERM or SIGHUP, or a number.
     #[arg(short, long, default_value = "KILL")]
     signal: String,
     /// Containers.
@@ -219,122 +144,81 @@ pub struct RmArgs {
     containers: Vec<String>,
 }
 
-fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
-    let mut env = Vec::new();
-    for f in &a.env_file {
-        env.extend(args::read_env_file(f)?);
-    }
-    for e in &a.env {
-        if let Some(v) = args::parse_env(e)? {
-            env.push(v);
+/// The values of a command's flags, checked before we connect so that usage errors come
+/// first and leave nothing half-done.
+enum Checked {
+    Spec(pb::ContainerSpec),
+    Logs(pb::LogsRequest),
+    Exec(pb::ExecRequest),
+    Signal(String),
+    StopTime(Option<i64>),
+    Nothing,
+}
+
+fn check(cmd: &ContainerCommand) -> Result<Checked, UsageError> {
+    Ok(match cmd {
+        ContainerCommand::Run(a) | ContainerCommand::Create(a) => {
+            Checked::Spec(container_run::spec_of(a)?)
         }
-    }
-    let ports = a
-        .publish
-        .iter()
-        .map(|p| args::parse_port(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let labels = a
-        .label
-        .iter()
-        .map(|l| args::parse_label(l))
-        .collect::<Result<_, _>>()?;
-    if let Some(p) = a.pids_limit
-        && p < 0
-    {
-        return Err(UsageError(format!(
-            "invalid --pids-limit {p}: use a positive number"
-        )));
-    }
-    if !matches!(a.network.as_str(), "bridge" | "host" | "none") {
-        return Err(UsageError(format!(
-            "invalid --network \"{}\": use bridge, host or none",
-            a.network
-        )));
-    }
-    Ok(pb::ContainerSpec {
-        image: a.image.clone(),
-        name: a.name.clone().unwrap_or_default(),
-        cmd: a.command.clone(),
-        entrypoint: a
-            .entrypoint
-            .as_deref()
-            .map(|e| {
-                if e.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![e.to_string()]
-                }
-            })
-            .unwrap_or_default(),
-        entrypoint_set: a.entrypoint.is_some(),
-        env,
-        workdir: a.workdir.clone().unwrap_or_default(),
-        user: a.user.clone().unwrap_or_default(),
-        hostname: a.hostname.clone().unwrap_or_default(),
-        resources: Some(pb::Resources {
-            memory_bytes: a
-                .memory
+        ContainerCommand::Logs(a) => Checked::Logs(pb::LogsRequest {
+            id: a.container.clone(),
+            follow: a.follow,
+            tail: args::parse_tail(&a.tail)?,
+            since_unix_nanos: a
+                .since
                 .as_deref()
-                .map(|m| args::parse_bytes("--memory", m))
+                .map(|s| args::parse_since(s, now_nanos()))
                 .transpose()?
                 .unwrap_or(0),
-            nano_cpus: a
-                .cpus
-                .as_deref()
-                .map(args::parse_cpus)
-                .transpose()?
-                .unwrap_or(0),
-            pids_limit: a.pids_limit.unwrap_or(0),
+            timestamps: a.timestamps,
         }),
-        cap_add: a.cap_add.clone(),
-        cap_drop: a.cap_drop.clone(),
-        read_only: a.read_only,
-        ports,
-        network: a.network.clone(),
-        // A foreground run removes the container itself once it has read every line and
-        // the exit code; only a detached one leaves that to the daemon.
-        auto_remove: a.rm && a.detach,
-        stop_signal: a.stop_signal.clone().unwrap_or_default(),
-        stop_timeout_secs: a.stop_timeout.unwrap_or(-1),
-        labels,
-        security_opt: a.security_opt.clone(),
+        ContainerCommand::Exec(a) => {
+            let mut env = Vec::new();
+            for e in &a.env {
+                if let Some(v) = args::parse_env(e)? {
+                    env.push(v);
+                }
+            }
+            Checked::Exec(pb::ExecRequest {
+                id: a.container.clone(),
+                cmd: a.command.clone(),
+                env,
+                workdir: a.workdir.clone().unwrap_or_default(),
+                user: a.user.clone().unwrap_or_default(),
+            })
+        }
+        ContainerCommand::Kill(a) => Checked::Signal(args::parse_signal("--signal", &a.signal)?),
+        ContainerCommand::Stop(a) => Checked::StopTime(
+            a.time
+                .as_deref()
+                .map(|t| args::parse_seconds("-t/--time", t))
+                .transpose()?,
+        ),
+        ContainerCommand::Ls(a) => {
+            if a.format != "table" && a.format != "json" {
+                return Err(UsageError(format!(
+                    "invalid --format \"{}\": use table or json",
+                    a.format
+                )));
+            }
+            Checked::Nothing
+        }
+        _ => Checked::Nothing,
     })
 }
 
 /// Runs a container subcommand.
 pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
-    // Check flags before connecting, so usage errors come first.
-    let spec = match &cmd {
-        ContainerCommand::Run(a) | ContainerCommand::Create(a) => Some(spec_of(a)?),
-        _ => None,
-    };
-    let (since, tail) = match &cmd {
-        ContainerCommand::Logs(a) => (
-            a.since
-                .as_deref()
-                .map(|s| args::parse_since(s, now_nanos()))
-                .transpose()?
-                .unwrap_or(0),
-            parse_tail(&a.tail)?,
-        ),
-        _ => (0, -1),
-    };
+    let checked = check(&cmd)?;
     let mut client = ContainersClient::new(connect(host).await?);
-    match cmd {
-        ContainerCommand::Run(a) => {
-            run_container(&mut client, spec.expect("parsed above"), a.detach, a.rm).await
+    match (cmd, checked) {
+        (ContainerCommand::Run(a), Checked::Spec(spec)) => {
+            container_run::run(&mut client, spec, a.detach, a.rm).await
         }
-        ContainerCommand::Create(_) => {
-            let created = client
-                .create(pb::CreateRequest { spec })
-                .await
-                .map_err(|s| coded(s, EXIT_RUN_FAILED))?
-                .into_inner();
-            println!("{}", created.id);
-            Ok(())
+        (ContainerCommand::Create(_), Checked::Spec(spec)) => {
+            container_run::create(&mut client, spec).await
         }
-        ContainerCommand::Start { containers } => {
+        (ContainerCommand::Start { containers }, _) => {
             each(containers, |id| {
                 let mut c = client.clone();
                 async move {
@@ -347,50 +231,10 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             })
             .await
         }
-        ContainerCommand::Ls(a) => list(&mut client, a).await,
-        ContainerCommand::Logs(a) => {
-            let req = pb::LogsRequest {
-                id: a.container,
-                follow: a.follow,
-                tail,
-                since_unix_nanos: since,
-                timestamps: a.timestamps,
-            };
-            stream_logs(&mut client, req).await
-        }
-        ContainerCommand::Exec(a) => {
-            let mut env = Vec::new();
-            for e in &a.env {
-                if let Some(v) = args::parse_env(e)? {
-                    env.push(v);
-                }
-            }
-            let req = pb::ExecRequest {
-                id: a.container,
-                cmd: a.command,
-                env,
-                workdir: a.workdir.unwrap_or_default(),
-                user: a.user.unwrap_or_default(),
-            };
-            let mut stream = client.exec(req).await.map_err(status)?.into_inner();
-            let mut code = 0;
-            while let Some(out) = stream.message().await.map_err(status)? {
-                if out.exited {
-                    code = out.exit_code;
-                } else if out.stream == pb::Stream::Stderr as i32 {
-                    let _ = std::io::stderr().write_all(&out.data);
-                } else {
-                    let _ = std::io::stdout().write_all(&out.data);
-                }
-            }
-            let _ = std::io::stdout().flush();
-            if code != 0 {
-                return Err(crate::ExitCode(code).into());
-            }
-            Ok(())
-        }
-        ContainerCommand::Stop(a) => {
-            let time = a.time;
+        (ContainerCommand::Ls(a), _) => list(&mut client, a).await,
+        (ContainerCommand::Logs(_), Checked::Logs(req)) => stream_logs(&mut client, req).await,
+        (ContainerCommand::Exec(_), Checked::Exec(req)) => exec(&mut client, req).await,
+        (ContainerCommand::Stop(a), Checked::StopTime(time)) => {
             each(a.containers, |id| {
                 let mut c = client.clone();
                 async move {
@@ -407,8 +251,7 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             })
             .await
         }
-        ContainerCommand::Kill(a) => {
-            let signal = a.signal;
+        (ContainerCommand::Kill(a), Checked::Signal(signal)) => {
             each(a.containers, |id| {
                 let mut c = client.clone();
                 let signal = signal.clone();
@@ -425,7 +268,7 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             })
             .await
         }
-        ContainerCommand::Rm(a) => {
+        (ContainerCommand::Rm(a), _) => {
             let force = a.force;
             each(a.containers, |id| {
                 let mut c = client.clone();
@@ -442,7 +285,7 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             })
             .await
         }
-        ContainerCommand::Inspect { containers } => {
+        (ContainerCommand::Inspect { containers }, _) => {
             let mut out = Vec::new();
             let mut failed = false;
             for id in containers {
@@ -460,7 +303,7 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ContainerCommand::Wait { containers } => {
+        (ContainerCommand::Wait { containers }, _) => {
             each(containers, |id| {
                 let mut c = client.clone();
                 async move {
@@ -475,6 +318,36 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             })
             .await
         }
+        (ContainerCommand::Run(_) | ContainerCommand::Create(_), _)
+        | (ContainerCommand::Logs(_), _)
+        | (ContainerCommand::Exec(_), _)
+        | (ContainerCommand::Stop(_), _)
+        | (ContainerCommand::Kill(_), _) => unreachable!("check() gives each command its values"),
+    }
+}
+
+/// Runs a command in a container, copying its output, and ends with its exit code.
+async fn exec(client: &mut ContainersClient<Channel>, req: pb::ExecRequest) -> anyhow::Result<()> {
+    let id = req.id.clone();
+    let mut stream = client.exec(req).await.map_err(status)?.into_inner();
+    let mut code = None;
+    while let Some(out) = stream.message().await.map_err(status)? {
+        if out.exited {
+            code = Some(out.exit_code);
+        } else if out.stream == pb::Stream::Stderr as i32 {
+            let _ = std::io::stderr().write_all(&out.data);
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&out.data);
+            let _ = stdout.flush();
+        }
+    }
+    match code {
+        Some(0) => Ok(()),
+        Some(c) => Err(crate::ExitCode(c).into()),
+        None => Err(anyhow::anyhow!(
+            "the exec in {id} ended without an exit code; see \"shoal logs {id}\" and the daemon's log"
+        )),
     }
 }
 
@@ -498,18 +371,6 @@ where
     }
 }
 
-/// `--tail`: a number of lines, or `all` (-1).
-fn parse_tail(s: &str) -> Result<i64, UsageError> {
-    if s == "all" {
-        return Ok(-1);
-    }
-    s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-        UsageError(format!(
-            "invalid --tail \"{s}\": use a number of lines, or all"
-        ))
-    })
-}
-
 fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -517,102 +378,8 @@ fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-async fn run_container(
-    client: &mut ContainersClient<Channel>,
-    spec: pb::ContainerSpec,
-    detach: bool,
-    remove: bool,
-) -> anyhow::Result<()> {
-    let created = client
-        .create(pb::CreateRequest { spec: Some(spec) })
-        .await
-        .map_err(|s| coded(s, EXIT_RUN_FAILED))?
-        .into_inner();
-    let id = created.id;
-    // Ask for the exit code before starting, so an auto-removed container still answers.
-    let waiter = if detach {
-        None
-    } else {
-        let mut c = client.clone();
-        let id = id.clone();
-        Some(tokio::spawn(async move {
-            c.wait(pb::ContainerRef { id }).await
-        }))
-    };
-    if let Err(s) = client.start(pb::ContainerRef { id: id.clone() }).await {
-        if let Some(w) = waiter {
-            w.abort();
-        }
-        if remove {
-            let _ = client
-                .remove(pb::RemoveRequest {
-                    id: id.clone(),
-                    force: true,
-                })
-                .await;
-        }
-        return Err(coded(s, EXIT_RUN_FAILED));
-    }
-    if detach {
-        println!("{id}");
-        return Ok(());
-    }
-    let logs = pb::LogsRequest {
-        id: id.clone(),
-        follow: true,
-        tail: -1,
-        since_unix_nanos: 0,
-        timestamps: false,
-    };
-    let mut interrupted = false;
-    let mut log_client = client.clone();
-    let streaming = stream_logs(&mut log_client, logs);
-    tokio::pin!(streaming);
-    loop {
-        tokio::select! {
-            r = &mut streaming => { r?; break; }
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
-                interrupted = true;
-                let _ = client.kill(pb::KillRequest { id: id.clone(), signal: "SIGINT".into() }).await;
-            }
-        }
-    }
-    let reply = match waiter {
-        Some(w) => w.await?.map_err(status)?.into_inner(),
-        None => return Ok(()),
-    };
-    if remove {
-        client
-            .remove(pb::RemoveRequest {
-                id: id.clone(),
-                force: true,
-            })
-            .await
-            .map_err(status)?;
-    }
-    if !reply.error.is_empty() {
-        eprintln!("error: {}", reply.error);
-    }
-    if reply.exit_code != 0 {
-        return Err(crate::ExitCode(reply.exit_code).into());
-    }
-    Ok(())
-}
-
-/// A daemon error with `default` as its exit code unless it carries its own.
-fn coded(s: tonic::Status, default: i32) -> anyhow::Error {
-    let carried = s.metadata().get("shoal-exit-code").is_some();
-    let e = status(s);
-    if carried {
-        return e;
-    }
-    match e.downcast::<crate::CodedError>() {
-        Ok(crate::CodedError(_, m)) => anyhow::Error::new(crate::CodedError(default, m)),
-        Err(e) => e,
-    }
-}
-
-async fn stream_logs(
+/// Copies log lines to stdout and stderr, each as its stream had it.
+pub async fn stream_logs(
     client: &mut ContainersClient<Channel>,
     req: pb::LogsRequest,
 ) -> anyhow::Result<()> {
@@ -648,6 +415,7 @@ async fn stream_logs(
     Ok(())
 }
 
+/// `ps`: a table, ids only, or JSON.
 async fn list(client: &mut ContainersClient<Channel>, a: LsArgs) -> anyhow::Result<()> {
     let containers = client
         .list(pb::ListRequest { all: a.all })
@@ -658,13 +426,6 @@ async fn list(client: &mut ContainersClient<Channel>, a: LsArgs) -> anyhow::Resu
     if a.format == "json" {
         println!("{}", serde_json::to_string_pretty(&containers)?);
         return Ok(());
-    }
-    if a.format != "table" {
-        return Err(UsageError(format!(
-            "invalid --format \"{}\": use table or json",
-            a.format
-        ))
-        .into());
     }
     let id = |s: &str| {
         if a.no_trunc {
@@ -683,49 +444,13 @@ async fn list(client: &mut ContainersClient<Channel>, a: LsArgs) -> anyhow::Resu
     let rows: Vec<Vec<String>> = containers
         .iter()
         .map(|c| {
-            let state = match pb::ContainerStatus::try_from(c.status) {
-                Ok(pb::ContainerStatus::Running) => {
-                    format!("Up {}", output::duration(now - c.started_unix))
-                }
-                Ok(pb::ContainerStatus::Exited) => {
-                    format!(
-                        "Exited ({}) {}",
-                        c.exit_code,
-                        output::ago(c.finished_unix, now)
-                    )
-                }
-                Ok(pb::ContainerStatus::Removing) => "Removal In Progress".into(),
-                _ => "Created".into(),
-            };
-            let ports = c
-                .ports
-                .iter()
-                .map(|p| {
-                    let ip = if p.host_ip.is_empty() {
-                        "0.0.0.0"
-                    } else {
-                        &p.host_ip
-                    };
-                    format!(
-                        "{ip}:{}->{}/{}",
-                        p.host_port,
-                        p.container_port,
-                        if p.protocol.is_empty() {
-                            "tcp"
-                        } else {
-                            &p.protocol
-                        }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
             vec![
                 id(&c.id),
                 c.image.clone(),
                 output::command(&c.command, if a.no_trunc { usize::MAX } else { 20 }),
                 output::ago(c.created_unix, now),
-                state,
-                ports,
+                output::container_status(c, now),
+                output::ports(&c.ports),
                 c.name.clone(),
             ]
         })
@@ -755,58 +480,79 @@ mod tests {
 
     #[derive(Parser)]
     struct T {
-        #[command(flatten)]
-        run: RunArgs,
+        #[command(subcommand)]
+        cmd: ContainerCommand,
+    }
+
+    fn checked(argv: &[&str]) -> Result<Checked, UsageError> {
+        let mut full = vec!["container"];
+        full.extend(argv);
+        check(&T::try_parse_from(full).expect("flags parse").cmd)
     }
 
     #[test]
-    fn run_flags_become_a_spec() {
-        let t = T::try_parse_from([
-            "x",
-            "--name",
-            "web",
-            "-e",
-            "A=1",
-            "--memory",
-            "64m",
-            "--cpus",
-            "0.5",
-            "-p",
-            "8080:80",
-            "--cap-drop",
-            "NET_RAW",
-            "--read-only",
-            "busybox",
-            "sh",
-            "-c",
-            "echo -n hi",
-        ])
-        .unwrap();
-        let s = spec_of(&t.run).unwrap();
-        assert_eq!(s.name, "web");
-        assert_eq!(s.cmd, vec!["sh", "-c", "echo -n hi"]);
-        assert_eq!(s.resources.unwrap().memory_bytes, 64 << 20);
-        assert_eq!(s.resources.unwrap().nano_cpus, 500_000_000);
-        assert_eq!(s.ports[0].host_port, 8080);
-        assert!(s.read_only);
-        assert_eq!(s.stop_timeout_secs, -1);
+    fn values_are_checked_before_connecting() {
+        for (argv, want) in [
+            (vec!["logs", "--tail", "x", "c"], "invalid --tail \"x\""),
+            (
+                vec!["logs", "--since", "soon", "c"],
+                "invalid --since \"soon\"",
+            ),
+            (vec!["kill", "-s", "NOPE", "c"], "invalid --signal \"NOPE\""),
+            (vec!["stop", "-t", "-3", "c"], "invalid -t/--time \"-3\""),
+            (vec!["exec", "-e", "=x", "c", "ls"], "invalid -e \"=x\""),
+            (vec!["ls", "--format", "yaml"], "invalid --format \"yaml\""),
+            (
+                vec!["run", "--memory", "0", "busybox"],
+                "invalid --memory \"0\"",
+            ),
+        ] {
+            let Err(e) = checked(&argv) else {
+                panic!("{argv:?} passed");
+            };
+            assert!(e.to_string().starts_with(want), "{argv:?}: {e}");
+        }
     }
 
     #[test]
-    fn bad_values_are_usage_errors() {
-        let t = T::try_parse_from(["x", "--memory", "12q", "busybox"]).unwrap();
-        assert!(
-            spec_of(&t.run)
-                .unwrap_err()
-                .to_string()
-                .contains("invalid --memory")
+    fn good_values_reach_the_request() {
+        let Ok(Checked::Signal(s)) = checked(&["kill", "-s", "hup", "a", "b"]) else {
+            panic!("kill");
+        };
+        assert_eq!(s, "SIGHUP");
+        let Ok(Checked::Signal(s)) = checked(&["kill", "a"]) else {
+            panic!("kill default");
+        };
+        assert_eq!(s, "SIGKILL");
+        let Ok(Checked::StopTime(t)) = checked(&["stop", "-t", "0", "a"]) else {
+            panic!("stop");
+        };
+        assert_eq!(t, Some(0));
+        let Ok(Checked::StopTime(None)) = checked(&["stop", "a"]) else {
+            panic!("stop default");
+        };
+        let Ok(Checked::Logs(r)) = checked(&["logs", "-f", "--tail", "5", "-t", "web"]) else {
+            panic!("logs");
+        };
+        assert_eq!(
+            (
+                r.id.as_str(),
+                r.follow,
+                r.tail,
+                r.timestamps,
+                r.since_unix_nanos
+            ),
+            ("web", true, 5, true, 0)
         );
-        let t = T::try_parse_from(["x", "--network", "mars", "busybox"]).unwrap();
-        assert!(
-            spec_of(&t.run)
-                .unwrap_err()
-                .to_string()
-                .contains("invalid --network")
-        );
+        let Ok(Checked::Logs(r)) = checked(&["logs", "web"]) else {
+            panic!("logs default");
+        };
+        assert_eq!((r.follow, r.tail), (false, -1));
+        let Ok(Checked::Exec(r)) = checked(&["exec", "-w", "/tmp", "web", "sh", "-c", "exit 3"])
+        else {
+            panic!("exec");
+        };
+        assert_eq!(r.cmd, vec!["sh", "-c", "exit 3"]);
+        assert_eq!(r.workdir, "/tmp");
     }
 }

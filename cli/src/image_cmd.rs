@@ -1,13 +1,21 @@
-//! `shoal image ...`.
+//! `shoal image ...`: import, load, pull, push, ls, inspect, rm.
 
 use std::io::{IsTerminal, Read};
 
 use clap::Subcommand;
 use shoal_api::engine as pb;
 use shoal_api::engine::images_client::ImagesClient;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 
+use crate::args::UsageError;
+pub use crate::client::status;
 use crate::client::{Host, connect};
-use crate::output;
+use crate::output::{self, short_id};
+use crate::progress::ProgressView;
+
+/// The size of one upload chunk.
+const CHUNK: usize = 256 * 1024;
 
 /// Image subcommands.
 #[derive(Subcommand)]
@@ -81,72 +89,104 @@ pub struct PushArgs {
     insecure: Vec<String>,
 }
 
-/// Turns a daemon error into one line, with the exit code it carries.
-pub fn status(s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::Unavailable {
-        return anyhow::anyhow!("the shoal daemon went away: {}", s.message());
+/// A file (or stdin) being read into upload chunks on a thread of its own.
+struct Upload {
+    /// What the file is called in messages.
+    name: String,
+    chunks: ReceiverStream<pb::Upload>,
+    /// A read error, with the chunk sender kept alive so that the upload cannot look
+    /// complete to the daemon before we cancel it.
+    failed: oneshot::Receiver<(std::io::Error, mpsc::Sender<pb::Upload>)>,
+}
+
+impl Upload {
+    /// Opens `path` (stdin for none or `-`) and starts reading it. The first chunk carries
+    /// `reference`, even when the input is empty.
+    fn start(path: Option<&str>, reference: String) -> Result<Upload, UsageError> {
+        let (name, mut reader): (String, Box<dyn Read + Send>) = match path {
+            None | Some("-") => {
+                if std::io::stdin().is_terminal() {
+                    return Err(UsageError(
+                        "no input: give a file, or pipe the archive into stdin".into(),
+                    ));
+                }
+                ("stdin".into(), Box::new(std::io::stdin()))
+            }
+            Some(p) => (
+                p.to_string(),
+                Box::new(std::fs::File::open(p).map_err(|e| {
+                    UsageError(format!(
+                        "cannot read {p}: {e}; give the path of the archive"
+                    ))
+                })?),
+            ),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let (fail_tx, fail_rx) = oneshot::channel();
+        std::thread::spawn(move || {
+            let mut reference = reference;
+            let mut first = true;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = match read_full(&mut reader, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = fail_tx.send((e, tx));
+                        return;
+                    }
+                };
+                if n == 0 && !first {
+                    return;
+                }
+                buf.truncate(n);
+                let chunk = pb::Upload {
+                    // Empty after the first chunk.
+                    reference: std::mem::take(&mut reference),
+                    data: buf,
+                };
+                first = false;
+                if tx.blocking_send(chunk).is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+        Ok(Upload {
+            name,
+            chunks: ReceiverStream::new(rx),
+            failed: fail_rx,
+        })
     }
-    let code = s
-        .metadata()
-        .get("shoal-exit-code")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    anyhow::Error::new(crate::CodedError(code, s.message().to_string()))
+
+    /// Runs `call` with the chunks; a read error cancels the call.
+    async fn send<T, F, Fut>(self, call: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(ReceiverStream<pb::Upload>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let name = self.name;
+        let rpc = call(self.chunks);
+        tokio::select! {
+            biased;
+            Ok((e, _open)) = self.failed => {
+                Err(anyhow::anyhow!("reading {name} failed: {e}; nothing was imported"))
+            }
+            r = rpc => Ok(r.map_err(status)?.into_inner()),
+        }
+    }
 }
 
-/// Streams a file (or stdin) to an upload call.
-fn upload_stream(
-    path: Option<String>,
-    reference: String,
-) -> anyhow::Result<impl futures::Stream<Item = pb::Upload> + Send + 'static> {
-    let mut reader: Box<dyn Read + Send> = match path.as_deref() {
-        None | Some("-") => {
-            if std::io::stdin().is_terminal() {
-                return Err(crate::args::UsageError(
-                    "no input: give a file with -i, or pipe the archive into stdin".into(),
-                )
-                .into());
-            }
-            Box::new(std::io::stdin())
+/// Reads until `buf` is full or the input ends, so chunks are whole (pipes give less).
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        Some(p) => Box::new(
-            std::fs::File::open(p)
-                .map_err(|e| crate::args::UsageError(format!("cannot read {p}: {e}")))?,
-        ),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    std::thread::spawn(move || {
-        let mut first = true;
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            let n = match reader.read(&mut buf) {
-                Ok(0) | Err(_) => 0,
-                Ok(n) => n,
-            };
-            if n == 0 && !first {
-                break;
-            }
-            buf.truncate(n);
-            let chunk = pb::Upload {
-                reference: if first {
-                    reference.clone()
-                } else {
-                    String::new()
-                },
-                data: buf,
-            };
-            first = false;
-            if tx.blocking_send(chunk).is_err() || n == 0 {
-                break;
-            }
-        }
-    });
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-fn short_id(id: &str) -> String {
-    id.trim_start_matches("sha256:").chars().take(12).collect()
+    }
+    Ok(filled)
 }
 
 /// Runs an image subcommand.
@@ -156,21 +196,39 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
         && tarball != "-"
         && !std::path::Path::new(tarball).is_file()
     {
-        return Err(crate::args::UsageError(format!(
+        return Err(UsageError(format!(
             "cannot read {tarball}: no such file; give the path of a root filesystem tarball"
         ))
         .into());
     }
+    if let ImageCommand::Ls(a) = &cmd
+        && a.format != "table"
+        && a.format != "json"
+    {
+        return Err(UsageError(format!(
+            "invalid --format \"{}\": use table or json",
+            a.format
+        ))
+        .into());
+    }
+    // Open the input before connecting, so an unreadable file is a usage error.
+    let upload = match &cmd {
+        ImageCommand::Import { tarball, reference } => {
+            Some(Upload::start(Some(tarball), reference.clone())?)
+        }
+        ImageCommand::Load { input } => Some(Upload::start(input.as_deref(), String::new())?),
+        _ => None,
+    };
     let mut client = ImagesClient::new(connect(host).await?).max_decoding_message_size(64 << 20);
     match cmd {
-        ImageCommand::Import { tarball, reference } => {
-            let stream = upload_stream(Some(tarball), reference)?;
-            let s = client.import(stream).await.map_err(status)?.into_inner();
+        ImageCommand::Import { .. } => {
+            let upload = upload.expect("opened above");
+            let s = upload.send(|chunks| client.import(chunks)).await?;
             println!("{}", s.id);
         }
-        ImageCommand::Load { input } => {
-            let stream = upload_stream(input, String::new())?;
-            let reply = client.load(stream).await.map_err(status)?.into_inner();
+        ImageCommand::Load { .. } => {
+            let upload = upload.expect("opened above");
+            let reply = upload.send(|chunks| client.load(chunks)).await?;
             for img in reply.images {
                 if img.references.is_empty() {
                     println!("Loaded image ID: {}", img.id);
@@ -188,10 +246,8 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
                     ..Default::default()
                 }),
             };
-            let mut stream = client.pull(req).await.map_err(status)?.into_inner();
-            while let Some(p) = stream.message().await.map_err(status)? {
-                print_progress(&p);
-            }
+            let stream = client.pull(req).await.map_err(status)?.into_inner();
+            show_progress(stream).await?;
         }
         ImageCommand::Push(a) => {
             let req = pb::PushRequest {
@@ -201,10 +257,8 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
                     ..Default::default()
                 }),
             };
-            let mut stream = client.push(req).await.map_err(status)?.into_inner();
-            while let Some(p) = stream.message().await.map_err(status)? {
-                print_progress(&p);
-            }
+            let stream = client.push(req).await.map_err(status)?.into_inner();
+            show_progress(stream).await?;
         }
         ImageCommand::Ls(a) => {
             let images = client
@@ -215,12 +269,6 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
                 .images;
             if a.format == "json" {
                 println!("{}", serde_json::to_string_pretty(&images)?);
-            } else if a.format != "table" {
-                return Err(crate::args::UsageError(format!(
-                    "invalid --format \"{}\": use table or json",
-                    a.format
-                ))
-                .into());
             } else if a.quiet {
                 for i in images {
                     println!("{}", short_id(&i.id));
@@ -324,13 +372,12 @@ fn split_ref(r: &str) -> (String, String) {
     }
 }
 
-fn print_progress(p: &pb::Progress) {
-    let id = short_id(&p.id);
-    match p.action.as_str() {
-        "done" => println!("{}: done", if id.is_empty() { "image" } else { &id }),
-        action if p.total > 0 => println!("{id}: {action} {}", output::size(p.total)),
-        action => println!("{id}: {action}"),
+async fn show_progress(mut stream: tonic::Streaming<pb::Progress>) -> anyhow::Result<()> {
+    let mut view = ProgressView::new();
+    while let Some(p) = stream.message().await.map_err(status)? {
+        view.show(&p);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -339,17 +386,76 @@ mod tests {
 
     #[test]
     fn splits_references() {
-        assert_eq!(
-            split_ref("docker.io/library/busybox:latest"),
-            ("busybox".into(), "latest".into())
-        );
-        assert_eq!(
-            split_ref("localhost:5000/a/b:1"),
-            ("localhost:5000/a/b".into(), "1".into())
-        );
-        assert_eq!(
-            split_ref("docker.io/team/app:v2"),
-            ("team/app".into(), "v2".into())
+        for (input, repo, tag) in [
+            ("docker.io/library/busybox:latest", "busybox", "latest"),
+            ("localhost:5000/a/b:1", "localhost:5000/a/b", "1"),
+            ("docker.io/team/app:v2", "team/app", "v2"),
+            ("localhost:5000/app", "localhost:5000/app", "<none>"),
+            ("busybox:1@sha256:abc", "busybox", "1"),
+        ] {
+            assert_eq!(split_ref(input), (repo.into(), tag.into()), "{input}");
+        }
+    }
+
+    #[test]
+    fn reads_whole_chunks_from_short_reads() {
+        /// Gives at most 3 bytes per read, like a slow pipe, with one interruption.
+        struct Trickle(Vec<u8>, bool);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if !self.1 {
+                    self.1 = true;
+                    return Err(std::io::ErrorKind::Interrupted.into());
+                }
+                let n = buf.len().min(3).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0.drain(..n);
+                Ok(n)
+            }
+        }
+        let mut r = Trickle(b"0123456789".to_vec(), false);
+        let mut buf = [0u8; 8];
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 8);
+        assert_eq!(&buf, b"01234567");
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"89");
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn uploads_carry_the_reference_first_and_every_byte() {
+        use futures::StreamExt;
+        let path = std::env::temp_dir().join(format!("shoal-cli-upload-{}", std::process::id()));
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _guard = Remove(path.clone());
+        let data: Vec<u8> = (0..CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let up = Upload::start(Some(&path.to_string_lossy()), "me:1".into()).unwrap();
+        let chunks: Vec<pb::Upload> = up.chunks.collect().await;
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[0].reference, "me:1");
+        assert!(chunks[1..].iter().all(|c| c.reference.is_empty()));
+        assert_eq!(chunks[0].data.len(), CHUNK);
+        let joined: Vec<u8> = chunks.into_iter().flat_map(|c| c.data).collect();
+        assert_eq!(joined, data);
+
+        std::fs::write(&path, b"").unwrap();
+        let up = Upload::start(Some(&path.to_string_lossy()), "empty:1".into()).unwrap();
+        let chunks: Vec<pb::Upload> = up.chunks.collect().await;
+        assert_eq!(chunks.len(), 1, "an empty input still names the image");
+        assert_eq!(chunks[0].reference, "empty:1");
+
+        let Err(e) = Upload::start(Some("/nonexistent/x.tar"), String::new()) else {
+            panic!("a missing file opened");
+        };
+        assert!(
+            e.to_string().starts_with("cannot read /nonexistent/x.tar"),
+            "{e}"
         );
     }
 }

@@ -4,9 +4,11 @@ mod args;
 mod client;
 mod cluster_cmd;
 mod container_cmd;
+mod container_run;
 mod dev_cmd;
 mod image_cmd;
 mod output;
+mod progress;
 mod service_cmd;
 
 use std::path::PathBuf;
