@@ -631,7 +631,7 @@ mod tests {
         let pids = LinuxResourcesBuilder::default()
             .pids(
                 LinuxPidsBuilder::default()
-                    .limit(1 << 40)
+                    .limit(1i64 << 40)
                     .build()
                     .expect("pids"),
             )
