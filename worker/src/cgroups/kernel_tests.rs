@@ -12,7 +12,7 @@ use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 
-use super::tests::resources;
+use super::tree_tests::resources;
 use super::*;
 
 /// A scratch parent cgroup; dropping it destroys the cgroups made under it, then it.
