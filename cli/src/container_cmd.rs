@@ -104,11 +104,15 @@ pub struct ExecArgs {
     /// User.
     #[arg(short, long)]
     user: Option<String>,
-    /// The container.
-    container: String,
-    /// The command and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-    command: Vec<String>,
+    /// The container, then the command and its arguments. Flags end at the container:
+    /// everything after it goes to the command as it is.
+    #[arg(
+        value_name = "CONTAINER COMMAND [ARG...]",
+        required = true,
+        num_args = 2..,
+        trailing_var_arg = true
+    )]
+    argv: Vec<String>,
 }
 
 /// `container stop`.
@@ -147,7 +151,7 @@ pub struct RmArgs {
 /// The values of a command's flags, checked before we connect so that usage errors come
 /// first and leave nothing half-done.
 enum Checked {
-    Spec(pb::ContainerSpec),
+    Spec(Box<pb::ContainerSpec>),
     Logs(pb::LogsRequest),
     Exec(pb::ExecRequest),
     Signal(String),
@@ -158,7 +162,7 @@ enum Checked {
 fn check(cmd: &ContainerCommand) -> Result<Checked, UsageError> {
     Ok(match cmd {
         ContainerCommand::Run(a) | ContainerCommand::Create(a) => {
-            Checked::Spec(container_run::spec_of(a)?)
+            Checked::Spec(Box::new(container_run::spec_of(a)?))
         }
         ContainerCommand::Logs(a) => Checked::Logs(pb::LogsRequest {
             id: a.container.clone(),
@@ -179,9 +183,14 @@ fn check(cmd: &ContainerCommand) -> Result<Checked, UsageError> {
                     env.push(v);
                 }
             }
+            let (id, cmd) = a
+                .argv
+                .split_first()
+                .filter(|(_, cmd)| !cmd.is_empty())
+                .ok_or_else(|| UsageError("exec needs a container and a command".into()))?;
             Checked::Exec(pb::ExecRequest {
-                id: a.container.clone(),
-                cmd: a.command.clone(),
+                id: id.clone(),
+                cmd: cmd.to_vec(),
                 env,
                 workdir: a.workdir.clone().unwrap_or_default(),
                 user: a.user.clone().unwrap_or_default(),
@@ -213,10 +222,10 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
     let mut client = ContainersClient::new(connect(host).await?);
     match (cmd, checked) {
         (ContainerCommand::Run(a), Checked::Spec(spec)) => {
-            container_run::run(&mut client, spec, a.detach, a.rm).await
+            container_run::run(&mut client, *spec, a.detach, a.rm).await
         }
         (ContainerCommand::Create(_), Checked::Spec(spec)) => {
-            container_run::create(&mut client, spec).await
+            container_run::create(&mut client, *spec).await
         }
         (ContainerCommand::Start { containers }, _) => {
             each(containers, |id| {
@@ -554,5 +563,14 @@ mod tests {
         };
         assert_eq!(r.cmd, vec!["sh", "-c", "exit 3"]);
         assert_eq!(r.workdir, "/tmp");
+        let Ok(Checked::Exec(r)) = checked(&["exec", "web", "ls", "-w", "-e", "x"]) else {
+            panic!("exec with flags after the container");
+        };
+        assert_eq!((r.id.as_str(), r.workdir.as_str()), ("web", ""));
+        assert_eq!(r.cmd, vec!["ls", "-w", "-e", "x"]);
+        assert!(
+            T::try_parse_from(["container", "exec", "web"]).is_err(),
+            "a command is required"
+        );
     }
 }

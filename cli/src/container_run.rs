@@ -82,11 +82,27 @@ pub struct RunArgs {
     /// A label, KEY=VALUE.
     #[arg(short, long = "label")]
     label: Vec<String>,
-    /// The image.
-    image: String,
-    /// The command and its arguments (replacing the image's), passed on as they are.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    /// The image, then the command and its arguments (replacing the image's). Flags end
+    /// at the image: everything after it goes to the container as it is.
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG...]]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    argv: Vec<String>,
+}
+
+impl RunArgs {
+    /// The image: the first word after the flags.
+    fn image(&self) -> &str {
+        self.argv.first().map(String::as_str).unwrap_or_default()
+    }
+
+    /// The command: every word after the image.
+    fn command(&self) -> &[String] {
+        self.argv.get(1..).unwrap_or_default()
+    }
 }
 
 /// Checks every flag and builds the spec the daemon gets; nothing here needs the daemon.
@@ -154,9 +170,9 @@ pub fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         .transpose()?
         .unwrap_or(-1);
     Ok(pb::ContainerSpec {
-        image: a.image.clone(),
+        image: a.image().to_string(),
         name: a.name.clone().unwrap_or_default(),
-        cmd: a.command.clone(),
+        cmd: a.command().to_vec(),
         entrypoint: match a.entrypoint.as_deref() {
             None | Some("") => Vec::new(),
             Some(e) => vec![e.to_string()],
@@ -423,8 +439,8 @@ mod tests {
             (vec!["--rm", "alpine:3"], "alpine:3", vec![]),
         ] {
             let a = parse(&argv);
-            assert_eq!(a.image, image, "{argv:?}");
-            assert_eq!(a.command, cmd, "{argv:?}");
+            assert_eq!(a.image(), image, "{argv:?}");
+            assert_eq!(a.command(), cmd, "{argv:?}");
         }
         let a = parse(&["-d", "--rm", "busybox", "--rm"]);
         assert!(a.detach && a.rm);
@@ -434,16 +450,31 @@ mod tests {
     #[test]
     fn bad_values_name_the_flag() {
         for (argv, want) in [
-            (vec!["--memory", "12q", "busybox"], "invalid --memory \"12q\""),
+            (
+                vec!["--memory", "12q", "busybox"],
+                "invalid --memory \"12q\"",
+            ),
             (vec!["--memory", "-1", "busybox"], "invalid --memory \"-1\""),
             (vec!["--cpus", "0", "busybox"], "invalid --cpus \"0\""),
             (vec!["-p", "1:2:3:4", "busybox"], "invalid -p \"1:2:3:4\""),
-            (vec!["--network", "mars", "busybox"], "invalid --network \"mars\""),
+            (
+                vec!["--network", "mars", "busybox"],
+                "invalid --network \"mars\"",
+            ),
             (vec!["-e", "=1", "busybox"], "invalid -e \"=1\""),
             (vec!["-l", "=1", "busybox"], "invalid label \"=1\""),
-            (vec!["--stop-signal", "NOPE", "busybox"], "invalid --stop-signal \"NOPE\""),
-            (vec!["--stop-timeout", "-5", "busybox"], "invalid --stop-timeout \"-5\""),
-            (vec!["--pids-limit", "lots", "busybox"], "invalid --pids-limit \"lots\""),
+            (
+                vec!["--stop-signal", "NOPE", "busybox"],
+                "invalid --stop-signal \"NOPE\"",
+            ),
+            (
+                vec!["--stop-timeout", "-5", "busybox"],
+                "invalid --stop-timeout \"-5\"",
+            ),
+            (
+                vec!["--pids-limit", "lots", "busybox"],
+                "invalid --pids-limit \"lots\"",
+            ),
             (
                 vec!["--memory-swap", "1g", "busybox"],
                 "invalid --memory-swap \"1g\": it needs --memory too",
