@@ -250,9 +250,16 @@ mod tests {
         ));
         store.shutdown().await;
         drop(store);
-        let store = ClusterStore::open(dir.path(), 1, &Timings::default())
-            .await
-            .unwrap();
+        // openraft's tasks let go of the storage a moment after shutdown.
+        let store = loop {
+            match ClusterStore::open(dir.path(), 1, &Timings::default()).await {
+                Ok(s) => break s,
+                Err(e) if e.to_string().contains("already open") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         store.bootstrap("127.0.0.1:4242").await.unwrap();
         assert_eq!(
             store.get("service", "web").unwrap().unwrap().value["replicas"],

@@ -18,6 +18,15 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
+/// The names of this host's links.
+fn link_names() -> std::collections::BTreeSet<String> {
+    links()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
 fn links() -> String {
     String::from_utf8_lossy(
         &std::process::Command::new("ip")
@@ -43,6 +52,9 @@ fn nft_tables() -> String {
 #[test]
 fn bridge_publish_egress_and_cleanup() {
     require_kernel!();
+    // Judge leftovers against what the host had before, not against an ideal host.
+    let links_before = link_names();
+    let tables_before = nft_tables();
     for rt in ["builtin", "runc"] {
         let d = Daemon::start(rt);
         d.import_busybox("busybox:test");
