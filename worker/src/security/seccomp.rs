@@ -716,12 +716,13 @@ mod tests {
             if prepared.apply_bounding().is_err() {
                 return 21;
             }
-            // SAFETY: prctl with integer arguments only.
-            unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
-            // SAFETY: setresgid and setresuid take integers.
-            if unsafe { libc::setresgid(65534, 65534, 65534) } != 0
-                || unsafe { libc::setresuid(65534, 65534, 65534) } != 0
-            {
+            // SAFETY: prctl, setresgid and setresuid take integers only.
+            let changed = unsafe {
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+                libc::setresgid(65534, 65534, 65534) == 0
+                    && libc::setresuid(65534, 65534, 65534) == 0
+            };
+            if !changed {
                 return 22;
             }
             if prepared.apply_sets().is_err() {
