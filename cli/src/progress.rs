@@ -53,12 +53,20 @@ impl ProgressView {
                     println!("{}", line(p));
                     return;
                 }
+                // A manifest has no size worth a bar; a blob does.
+                let style = if p.total > 0 {
+                    bar_style()
+                } else {
+                    step_style()
+                };
                 let bar = bars.entry(p.id.clone()).or_insert_with(|| {
-                    let bar = multi.add(ProgressBar::new(p.total));
-                    bar.set_style(bar_style());
-                    bar.set_prefix(output::short_id(&p.id));
-                    bar
+                    multi.add(
+                        ProgressBar::new(p.total)
+                            .with_style(style.clone())
+                            .with_prefix(output::short_id(&p.id)),
+                    )
                 });
+                bar.set_style(style);
                 bar.set_length(p.total);
                 bar.set_position(p.current);
                 bar.set_message(p.action.clone());
@@ -78,9 +86,15 @@ fn finished(action: &str) -> bool {
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix:12} {spinner} {msg:11} [{bar:30}] {bytes}/{total_bytes}")
-        .expect("the template is valid")
-        .progress_chars("=> ")
+    ProgressStyle::with_template(
+        "{prefix:12} {spinner} {msg:11} [{bar:30}] {decimal_bytes}/{decimal_total_bytes}",
+    )
+    .expect("the template is valid")
+    .progress_chars("=> ")
+}
+
+fn step_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:12} {spinner} {msg}").expect("the template is valid")
 }
 
 /// The plain line of one step: `0123456789ab: downloading 2.130MB`, `image: done`.
