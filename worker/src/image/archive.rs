@@ -134,6 +134,16 @@ impl ImageStore {
     /// Loads a `docker save` archive or an OCI image layout archive.
     pub fn load_archive(&self, archive: impl Read) -> Result<Vec<ImageRecord>, ImageError> {
         let dir = self.temp_path("load");
+        // `docker save | gzip` archives are common: look at the magic bytes.
+        let mut archive = std::io::BufReader::new(archive);
+        let gz = std::io::BufRead::fill_buf(&mut archive)
+            .map(|b| b.starts_with(&[0x1f, 0x8b]))
+            .unwrap_or(false);
+        let archive: Box<dyn Read> = if gz {
+            Box::new(flate2::read::GzDecoder::new(archive))
+        } else {
+            Box::new(archive)
+        };
         let result = extract(archive, &dir).and_then(|()| self.load_dir(&dir));
         let _ = std::fs::remove_dir_all(&dir);
         result

@@ -171,6 +171,20 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Whether a blob starts like gzip.
 pub(crate) fn is_gzip(path: &Path) -> bool {
     let mut magic = [0u8; 2];
@@ -220,9 +234,10 @@ impl ImageStore {
     }
 
     /// Where blob `digest` lives.
+    /// A digest that is not `sha256:<64 hex>` maps to a name no blob ever has.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.split_once(':').map(|(_, h)| h).unwrap_or(digest);
-        self.root.join("blobs/sha256").join(hex)
+        let name = hex_of(digest).unwrap_or("invalid-digest");
+        self.root.join("blobs/sha256").join(name)
     }
 
     /// Whether the store holds blob `digest`.
@@ -473,16 +488,36 @@ impl ImageStore {
         std::fs::create_dir_all(&tmp).map_err(ioe(tmp.display()))?;
         let file = std::fs::File::open(&blob).map_err(ioe(format!("layer {}", layer.digest)))?;
         let reader = std::io::BufReader::new(file);
-        let result = if is_gzip(&blob) {
-            unpack::unpack(flate2::read::GzDecoder::new(reader), &tmp)
+        let reader: Box<dyn Read> = if is_gzip(&blob) {
+            Box::new(flate2::read::GzDecoder::new(reader))
         } else if layer.media_type.contains("zstd") {
-            Err(ImageError::Layer(format!(
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(ImageError::Layer(format!(
                 "layer {} is zstd-compressed, which this build cannot unpack: re-export the image with gzip layers",
                 layer.digest
-            )))
+            )));
         } else {
-            unpack::unpack(reader, &tmp)
+            Box::new(reader)
         };
+        let mut hashing = HashingReader {
+            inner: reader,
+            hasher: Sha256::new(),
+        };
+        // The directory is shared by every image naming this diff id, so its content
+        // must be what the diff id says: hash all of the tar, padding included.
+        let result = unpack::unpack(&mut hashing, &tmp).and_then(|()| {
+            std::io::copy(&mut hashing, &mut std::io::sink())
+                .map_err(|e| ImageError::Layer(format!("reading layer {}: {e}", layer.digest)))?;
+            let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize_reset()));
+            if actual == layer.diff_id {
+                Ok(())
+            } else {
+                Err(ImageError::DigestMismatch {
+                    expected: layer.diff_id.clone(),
+                    actual,
+                })
+            }
+        });
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -492,7 +527,8 @@ impl ImageStore {
 
     /// Removes a reference, or an image by id. The image's blobs and layers go when no
     /// reference is left and no other image shares them. An image a container uses
-    /// (`in_use(id)`) is kept unless `force`.
+    /// (`in_use(id)`) is refused; with `force` it loses its references but keeps its
+    /// content (listed untagged) until it is removed by id once no container uses it.
     pub fn remove(
         &self,
         key: &str,
@@ -506,9 +542,17 @@ impl ImageStore {
             .map(|r| r.to_string())
             .filter(|r| image.references.contains(r));
         let untag_only = by_reference.is_some() && image.references.len() > 1;
-        if !untag_only && in_use(&image.id) && !force {
+        // A forced removal of an image in use only untags it: its layers may be mounted
+        // under a container, so its content stays (untagged) until a later removal.
+        let keep_content = !untag_only && in_use(&image.id);
+        if keep_content && (!force || image.references.is_empty()) {
+            let hint = if image.references.is_empty() {
+                "remove the container first"
+            } else {
+                "remove the container first, or use rm -f to only untag it"
+            };
             return Err(ImageError::InUse(format!(
-                "image \"{key}\" is in use by a container: remove the container first, or use rm -f"
+                "image \"{key}\" is in use by a container: {hint}"
             )));
         }
         let tx = self.db.begin_write().map_err(idx)?;
@@ -540,11 +584,22 @@ impl ImageStore {
                             .unwrap_or_else(|_| r.clone()),
                     );
                 }
-                images.remove(image.manifest_digest.as_str()).map_err(idx)?;
+                if keep_content {
+                    let mut dangling = image.clone();
+                    dangling.references.clear();
+                    images
+                        .insert(
+                            image.manifest_digest.as_str(),
+                            serde_json::to_vec(&dangling).map_err(idx)?.as_slice(),
+                        )
+                        .map_err(idx)?;
+                } else {
+                    images.remove(image.manifest_digest.as_str()).map_err(idx)?;
+                }
             }
         }
         tx.commit().map_err(idx)?;
-        if untag_only {
+        if untag_only || keep_content {
             return Ok(outcome);
         }
         // Delete what no remaining image uses.

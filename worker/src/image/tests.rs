@@ -98,9 +98,11 @@ fn import_rejects_what_is_not_a_tar() {
 fn loads_docker_save_archives_and_checks_digests() {
     let (_d, s) = store();
     let layer = tar_with(&[("app", b"binary")]);
-    let imgs = s
-        .load_archive(&docker_save(&layer, &["team/app:v1"], false)[..])
+    // Gzip-compressed, as `docker save | gzip` makes.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&docker_save(&layer, &["team/app:v1"], false))
         .unwrap();
+    let imgs = s.load_archive(&gz.finish().unwrap()[..]).unwrap();
     assert_eq!(imgs.len(), 1);
     let img = s.resolve("team/app:v1").unwrap();
     let cfg = s.config(&img).unwrap();
@@ -187,6 +189,64 @@ fn remove_untags_then_deletes_unless_in_use() {
     assert!(!s.has_blob(&img.id));
     let e = s.resolve("b").unwrap_err().to_string();
     assert!(e.contains("not found"), "{e}");
+    assert!(
+        !s.root()
+            .join("layers")
+            .join(&img.layers[0].diff_id[7..])
+            .exists()
+    );
+
+    // Forced removal of an image in use only untags it; its content stays until a
+    // removal by id once no container uses it.
+    let img = s
+        .load_archive(&docker_save(&layer, &["c"], false)[..])
+        .unwrap()
+        .remove(0);
+    let dirs = s.layer_dirs(&img).unwrap();
+    let out = s.remove("c", true, &|_| true).unwrap();
+    assert_eq!(out.untagged, vec!["c:latest".to_string()]);
+    assert!(out.deleted.is_empty());
+    assert!(
+        dirs[0].join("f").exists(),
+        "a container may have it mounted"
+    );
+    assert!(s.resolve("c").is_err());
+    assert!(s.list().unwrap()[0].references.is_empty());
+    let e = s.remove(&img.id, true, &|_| true).unwrap_err().to_string();
+    assert!(e.contains("remove the container first"), "{e}");
+    let out = s.remove(&img.id, false, &|_| false).unwrap();
+    assert_eq!(out.deleted.len(), 3);
+    assert!(!dirs[0].exists());
+}
+
+#[test]
+fn layers_that_differ_from_their_diff_id_are_not_unpacked() {
+    let (_d, s) = store();
+    let layer = tar_with(&[("f", b"1")]);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [digest_of(b"something else")] }
+    }))
+    .unwrap();
+    let layer_digest = s.put_blob(&layer[..], None).unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(&config), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len() }]
+    }))
+    .unwrap();
+    let img = s.put_image(&manifest, &config, &r("liar")).unwrap();
+    let e = s.layer_dirs(&img).unwrap_err().to_string();
+    assert!(e.contains("digest mismatch"), "{e}");
+    let layers: Vec<_> = std::fs::read_dir(s.root().join("layers"))
+        .unwrap()
+        .collect();
+    assert!(
+        layers.is_empty(),
+        "nothing unpacked under the claimed diff id"
+    );
+    let tmp: Vec<_> = std::fs::read_dir(s.root().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "the temp dir is cleaned");
 }
 
 #[test]
@@ -246,4 +306,26 @@ fn whiteouts_hide_lower_files_through_overlayfs() {
         !target.join("gone").exists(),
         "the whiteout hides the lower file"
     );
+}
+
+#[test]
+fn the_store_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<ImageStore>();
+    // Concurrent callers unpack a layer once and all see it whole.
+    let (_d, s) = store();
+    let img = s
+        .import_rootfs(&tar_with(&[("a/b", b"c")])[..], &r("shared"))
+        .unwrap();
+    let s = std::sync::Arc::new(s);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, img) = (s.clone(), img.clone());
+            std::thread::spawn(move || s.layer_dirs(&img).unwrap())
+        })
+        .collect();
+    for h in handles {
+        let dirs = h.join().unwrap();
+        assert_eq!(std::fs::read(dirs[0].join("a/b")).unwrap(), b"c");
+    }
 }

@@ -63,6 +63,8 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<(), ImageError> {
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(true);
     archive.set_mask(0);
+    // Entries written into a directory change its mtime: set directories' own last.
+    let mut dir_times = Vec::new();
     for entry in archive.entries().map_err(io("reading layer"))? {
         let mut entry = entry.map_err(io("reading layer"))?;
         let raw_path = entry.path().map_err(io("reading layer"))?.into_owned();
@@ -86,6 +88,16 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<(), ImageError> {
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(ImageError::Layer(format!(
+                    "the layer holds a malformed whiteout: {}",
+                    rel.display()
+                )));
+            }
+            if hidden.starts_with(WHITEOUT_PREFIX) {
+                // Other `.wh..wh.` names are aufs bookkeeping, meaningless here.
+                continue;
+            }
             let path = target.with_file_name(hidden);
             remove_any(&path);
             mknod(&path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
@@ -138,6 +150,9 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<(), ImageError> {
                 if target.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
                     remove_any(&target);
                 }
+                if let Ok(t) = entry.header().mtime() {
+                    dir_times.push((target.clone(), t));
+                }
                 entry
                     .unpack(&target)
                     .map_err(io(format!("unpacking {}", rel.display())))?;
@@ -150,6 +165,14 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<(), ImageError> {
                     .unpack(&target)
                     .map_err(io(format!("unpacking {}", rel.display())))?;
             }
+        }
+    }
+    for (dir, secs) in dir_times.iter().rev() {
+        // A later entry may have replaced the directory: never follow what replaced it.
+        if dir.symlink_metadata().is_ok_and(|m| m.is_dir())
+            && let Ok(f) = std::fs::File::open(dir)
+        {
+            let _ = f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(*secs));
         }
     }
     Ok(())
@@ -227,6 +250,8 @@ mod tests {
         let m = d.join("etc/gone").symlink_metadata().unwrap();
         assert!(m.file_type().is_char_device());
         assert_eq!(m.rdev(), 0);
+        // Entries written into etc/ later did not disturb its own mtime.
+        assert_eq!(d.join("etc").metadata().unwrap().mtime(), 1_700_000_000);
         assert_eq!(
             xattr::get(d.join("var"), "trusted.overlay.opaque").unwrap(),
             Some(b"y".to_vec())
@@ -246,5 +271,13 @@ mod tests {
         let e = unpack(&through[..], dir.path()).unwrap_err().to_string();
         assert!(e.contains("through a symlink"), "{e}");
         assert!(!Path::new("/tmp/evil").exists());
+        let fresh = tempfile::tempdir().unwrap();
+        let bare = tar_of(&[
+            ("d/", EntryType::Directory, b"", None),
+            ("d/.wh.", EntryType::Regular, b"", None),
+        ]);
+        let e = unpack(&bare[..], fresh.path()).unwrap_err().to_string();
+        assert!(e.contains("malformed whiteout"), "{e}");
+        assert!(fresh.path().join("d").is_dir(), "the parent survives");
     }
 }
