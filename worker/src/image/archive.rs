@@ -190,7 +190,13 @@ impl ImageStore {
             }
             let mut layers = Vec::new();
             for (p, expected_diff) in layer_paths.iter().zip(&want) {
-                let path = inside(dir, p.as_str().unwrap_or_default())?;
+                let name = p.as_str().unwrap_or_default();
+                let path = inside(dir, name)?;
+                if !path.is_file() {
+                    return Err(ImageError::Archive(format!(
+                        "layer \"{name}\" named in manifest.json is missing from the archive: the archive is incomplete; save it again"
+                    )));
+                }
                 let diff_id = diff_id_of(&path)?;
                 if diff_id != *expected_diff {
                     return Err(ImageError::DigestMismatch {
@@ -343,11 +349,19 @@ fn extract(archive: impl Read, dir: &Path) -> Result<(), ImageError> {
         .entries()
         .map_err(|e| ImageError::Archive(format!("not a tar archive: {e}")))?;
     let mut seen = 0;
+    let mut links = Vec::new();
     for entry in entries {
         let mut entry =
             entry.map_err(|e| ImageError::Archive(format!("reading the archive: {e}")))?;
         seen += 1;
         let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            // Older `docker save` links a layer shared by two images to its first copy.
+            if let (Ok(path), Ok(Some(target))) = (entry.path(), entry.link_name()) {
+                links.push((path.into_owned(), target.into_owned()));
+            }
+            continue;
+        }
         if !(kind.is_file() || kind.is_dir()) {
             continue;
         }
@@ -361,5 +375,36 @@ fn extract(archive: impl Read, dir: &Path) -> Result<(), ImageError> {
             "the archive is empty or not a tar file".into(),
         ));
     }
+    for (path, target) in links {
+        let base = path.parent().unwrap_or(Path::new(""));
+        let (Some(from), Some(to)) = (lexical(&base.join(target)), lexical(&path)) else {
+            continue; // leaves the archive: ignored, so nothing outside is ever read
+        };
+        let (from, to) = (dir.join(from), dir.join(to));
+        if from.symlink_metadata().is_ok_and(|m| m.is_file()) && !to.exists() {
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(ioe(parent.display()))?;
+            }
+            std::fs::hard_link(&from, &to).map_err(ioe(to.display()))?;
+        }
+    }
     Ok(())
+}
+
+/// A relative path with `.` and `..` resolved by name, or `None` if it leaves its root.
+fn lexical(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
 }

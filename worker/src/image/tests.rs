@@ -329,3 +329,56 @@ fn the_store_can_be_shared_between_threads() {
         assert_eq!(std::fs::read(dirs[0].join("a/b")).unwrap(), b"c");
     }
 }
+
+/// Older `docker save` stores a layer shared by two images once and links the other copy.
+#[test]
+fn docker_save_layer_symlinks_are_followed_only_inside_the_archive() {
+    let layer = tar_with(&[("shared", b"1")]);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [digest_of(&layer)] }
+    }))
+    .unwrap();
+    let build = |link_target: &str| {
+        let manifest = serde_json::to_vec(&json!([
+            { "Config": "c.json", "RepoTags": ["one:1"], "Layers": ["abc/layer.tar"] },
+            { "Config": "c.json", "RepoTags": ["two:1"], "Layers": ["def/layer.tar"] }
+        ]))
+        .unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in [
+            ("manifest.json", &manifest[..]),
+            ("c.json", &config[..]),
+            ("abc/layer.tar", &layer[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        b.append_link(&mut h, "def/layer.tar", link_target).unwrap();
+        b.into_inner().unwrap()
+    };
+    let (_d, s) = store();
+    let imgs = s.load_archive(&build("../abc/layer.tar")[..]).unwrap();
+    assert_eq!(imgs.len(), 2);
+    assert_eq!(
+        s.resolve("two:1").unwrap().layers[0].diff_id,
+        digest_of(&layer)
+    );
+    let (_d, s) = store();
+    let e = s
+        .load_archive(&build("../../../../../../etc/hostname")[..])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"def/layer.tar\" named in manifest.json is missing"),
+        "{e}"
+    );
+    assert!(s.resolve("two:1").is_err());
+}
