@@ -138,16 +138,12 @@ fn bridge_publish_egress_and_cleanup() {
         // After the last container: no veth, no bridge, no nftables table of ours.
         d.shoal(&["container", "rm", "-f", "web"]).ok();
         assert!(
-            wait_for(Duration::from_secs(5), || !links().contains("shoal0")
-                && !links().contains("vsh")),
-            "{rt}: links left: {}",
-            links()
+            wait_for(Duration::from_secs(5), || link_names()
+                .is_subset(&links_before)),
+            "{rt}: links left: {:?}",
+            link_names().difference(&links_before).collect::<Vec<_>>()
         );
-        assert!(
-            !nft_tables().contains("shoal"),
-            "{rt}: nft tables left: {}",
-            nft_tables()
-        );
+        assert_eq!(nft_tables(), tables_before, "{rt}: nft tables left");
         assert!(http_get(18089, "/").is_none(), "{rt}: port closed after rm");
         assert!(d.leftover_mounts().is_empty());
     }
