@@ -269,7 +269,7 @@ impl Engine {
 
 /// Whether cgroup v1 controllers are mounted beside a v2 mount (crun refuses that).
 fn hybrid_cgroups() -> bool {
-    Path::new("/sys/fs/cgroup/unified").exists() && Path::new("/sys/fs/cgroup/memory").exists()
+    crate::cgroups::Layout::detect().is_ok_and(|l| l.is_hybrid())
 }
 
 /// The container's environment: the image's, then the user's (overriding by name), then
@@ -347,13 +347,11 @@ fn resources(spec: &shoal_api::engine::ContainerSpec) -> Result<LinuxResources, 
                 .map_err(bad)?,
         );
     }
-    if r.nano_cpus > 0 {
-        let period: u64 = 100_000;
-        let quota = (r.nano_cpus as i128 * period as i128 / 1_000_000_000) as i64;
+    if let Some((quota, period)) = crate::cgroups::nano_cpus_to_quota(r.nano_cpus) {
         b = b.cpu(
             LinuxCpuBuilder::default()
                 .period(period)
-                .quota(quota.max(1000))
+                .quota(quota)
                 .build()
                 .map_err(bad)?,
         );
