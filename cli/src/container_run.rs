@@ -8,10 +8,13 @@ use tonic::transport::Channel;
 
 use crate::args::{self, UsageError};
 use crate::client::status;
-use crate::container_cmd::stream_logs;
+use crate::container_cmd::{OutputClosed, stream_logs};
 
 /// Exit code of a `run` that failed before the container started (Docker's).
 pub const EXIT_RUN_FAILED: i32 = 125;
+
+/// How long a container whose reader went away has to end after SIGPIPE.
+const PIPE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `container run` and `container create`.
 #[derive(clap::Args)]
@@ -287,8 +290,40 @@ pub async fn run(
         println!("{id}");
         return Ok(());
     };
-    forward_output(client, &id).await?;
-    let reply = waiter.await?.map_err(status)?.into_inner();
+    // A closed stdout must reach us as an error, so that the container is still waited
+    // for and removed; the client's default is to die of SIGPIPE.
+    // SAFETY: setting a signal's disposition to ignore is async-signal-safe and touches no
+    // memory of ours.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let mut waiter = waiter;
+    let reply = match forward_output(client, &id).await {
+        Ok(()) => waiter.await,
+        Err(e) if e.is::<OutputClosed>() => {
+            // Like the writer in a shell pipeline whose reader quit: the container gets
+            // SIGPIPE (which an init ignores unless it handles it), then SIGKILL; we still
+            // collect its exit code and remove it.
+            let _ = client
+                .kill(pb::KillRequest {
+                    id: id.clone(),
+                    signal: "SIGPIPE".into(),
+                })
+                .await;
+            match tokio::time::timeout(PIPE_GRACE, &mut waiter).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = client
+                        .kill(pb::KillRequest {
+                            id: id.clone(),
+                            signal: "SIGKILL".into(),
+                        })
+                        .await;
+                    waiter.await
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let reply = reply?.map_err(status)?.into_inner();
     if remove {
         client
             .remove(pb::RemoveRequest {

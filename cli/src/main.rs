@@ -217,6 +217,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(a) => runtime.block_on(dev(a)),
         command => {
             let host = Host::parse(&cli.host)?;
+            // A client piped into `head` should end quietly when the pipe closes, as Unix
+            // tools do, not panic on the failed print. The daemon keeps ignoring SIGPIPE.
+            // SAFETY: restoring the default disposition of a signal is async-signal-safe
+            // and touches no memory; no other thread runs yet besides the idle runtime's.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
             runtime.block_on(client_command(host, command))
         }
     }
