@@ -26,8 +26,12 @@ pub enum Host {
 }
 
 impl Host {
-    /// Parses `-H`/`SHOAL_HOST`: a path, `unix:///path`, or `tcp://host:port`.
+    /// Parses `-H`/`SHOAL_HOST`: a path, `unix:///path`, or `tcp://host:port`. Empty (an
+    /// exported but empty SHOAL_HOST) means the default socket.
     pub fn parse(s: &str) -> Result<Host, UsageError> {
+        if s.is_empty() {
+            return Ok(Host::Unix(PathBuf::from(DEFAULT_SOCKET)));
+        }
         let bad = || {
             UsageError(format!(
                 "invalid -H/SHOAL_HOST \"{s}\": use a socket path, unix:///PATH or tcp://HOST:PORT"
@@ -47,7 +51,7 @@ impl Host {
             }
             return Ok(Host::Tcp(a.to_string()));
         }
-        if s.is_empty() || s.contains("://") {
+        if s.contains("://") {
             return Err(bad());
         }
         Ok(Host::Unix(PathBuf::from(s)))
@@ -158,6 +162,7 @@ mod tests {
     fn parses_hosts() {
         for (input, want) in [
             ("/x.sock", Host::Unix("/x.sock".into())),
+            ("", Host::Unix(DEFAULT_SOCKET.into())),
             ("x.sock", Host::Unix("x.sock".into())),
             ("unix:///x.sock", Host::Unix("/x.sock".into())),
             ("tcp://h:4242", Host::Tcp("h:4242".into())),
@@ -167,7 +172,6 @@ mod tests {
             assert_eq!(Host::parse(input).unwrap(), want, "{input}");
         }
         for bad in [
-            "",
             "tcp://h",
             "tcp://:4242",
             "tcp://h:0",
