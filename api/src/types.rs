@@ -71,25 +71,140 @@ pub enum UpdateFailureAction {
     Rollback,
 }
 
-/// How a changed service replaces its tasks.
+/// In which order an update replaces a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The old task stops before its replacement starts.
+    #[default]
+    StopFirst,
+    /// The replacement runs before the old task stops.
+    StartFirst,
+}
+
+/// How a changed service replaces its tasks (and, as `rollback`, how it goes back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateConfig {
     /// Tasks replaced at once (0: all).
     pub parallelism: u64,
+    /// Time between one batch running and the next starting, in milliseconds.
+    #[serde(default)]
+    pub delay_ms: u64,
     /// What a failed update does.
     pub failure_action: UpdateFailureAction,
     /// A new task failing within this many milliseconds of its creation fails the update.
     pub monitor_ms: u64,
+    /// Stop-first or start-first.
+    #[serde(default)]
+    pub order: UpdateOrder,
 }
 
 impl Default for UpdateConfig {
     fn default() -> Self {
         UpdateConfig {
             parallelism: 1,
+            delay_ms: 0,
             failure_action: UpdateFailureAction::Pause,
             monitor_ms: 5_000,
+            order: UpdateOrder::StopFirst,
         }
     }
+}
+
+/// Where a service's latest update (or rollback) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// Tasks are being replaced.
+    Updating,
+    /// A task of the update failed and the failure action is pause.
+    Paused,
+    /// Every task runs the new spec.
+    Completed,
+    /// Going back to the previous spec.
+    RollbackStarted,
+    /// A task of the rollback failed.
+    RollbackPaused,
+    /// Every task runs the previous spec again.
+    RollbackCompleted,
+}
+
+/// The state of a service's latest update, kept on the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// Where it stands.
+    pub state: UpdateState,
+    /// When it started, in Unix milliseconds; only tasks made since count for it.
+    pub started_ms: i64,
+    /// When it completed or paused (0: not yet).
+    #[serde(default)]
+    pub completed_ms: i64,
+    /// Why it paused or rolled back.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl UpdateStatus {
+    /// Whether a rollback (automatic or asked for) is what is rolling out.
+    pub fn rolling_back(&self) -> bool {
+        matches!(
+            self.state,
+            UpdateState::RollbackStarted
+                | UpdateState::RollbackPaused
+                | UpdateState::RollbackCompleted
+        )
+    }
+
+    /// Whether tasks are still being replaced.
+    pub fn in_progress(&self) -> bool {
+        matches!(
+            self.state,
+            UpdateState::Updating | UpdateState::RollbackStarted
+        )
+    }
+
+    /// Whether the update stopped on a failure.
+    pub fn paused(&self) -> bool {
+        matches!(
+            self.state,
+            UpdateState::Paused | UpdateState::RollbackPaused
+        )
+    }
+}
+
+/// The protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// How a port is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Every node answers and forwards to a task anywhere (the routing mesh).
+    #[default]
+    Ingress,
+    /// Only the node of the task answers.
+    Host,
+}
+
+/// A port of a service's tasks published on nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortConfig {
+    /// The port inside the container.
+    pub target: u16,
+    /// The port on the node (0: the allocator picks one).
+    pub published: u16,
+    /// TCP or UDP.
+    pub protocol: PortProtocol,
+    /// Ingress or host.
+    pub mode: PublishMode,
 }
 
 /// A command run in a task's container to tell whether it is healthy.
@@ -153,10 +268,30 @@ pub struct ServiceSpec {
     /// How a change rolls out.
     #[serde(default)]
     pub update: UpdateConfig,
+    /// How a rollback rolls out.
+    #[serde(default = "UpdateConfig::rollback_default")]
+    pub rollback: UpdateConfig,
+    /// Time a task gets to stop after its stop signal before it is killed, in
+    /// milliseconds (None: the engine's default, 10 s).
+    #[serde(default)]
+    pub stop_grace_period_ms: Option<u64>,
+    /// The signal that stops a task (empty: the image's, or SIGTERM).
+    #[serde(default)]
+    pub stop_signal: String,
+    /// Ports published on nodes.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
     /// Bumped by `service update --force` to redeploy without another change.
     pub force_update: u64,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+}
+
+impl UpdateConfig {
+    /// The rollback settings a service gets when none are given.
+    pub fn rollback_default() -> UpdateConfig {
+        UpdateConfig::default()
+    }
 }
 
 impl ServiceSpec {
@@ -167,6 +302,7 @@ impl ServiceSpec {
         a.replicas = other.replicas;
         a.max_concurrent = other.max_concurrent;
         a.update = other.update;
+        a.rollback = other.rollback;
         a == *other
     }
 }
@@ -180,6 +316,9 @@ pub struct Service {
     pub spec: ServiceSpec,
     /// What was wanted before the last update (for rollback).
     pub previous_spec: Option<ServiceSpec>,
+    /// Where the latest update stands (None: never updated).
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
 }
 
 /// The states of a task, in the only order they may move.
@@ -257,6 +396,10 @@ pub struct Task {
     /// When it was made, in Unix milliseconds.
     #[serde(default)]
     pub created_ms: i64,
+    /// Its published ports, with the published port the allocator picked where the spec
+    /// left it to it.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
     /// What the managers want of it (written only by managers).
     pub desired_state: TaskState,
     /// What the agent reports (written only by the agent and the scheduler's pending
@@ -286,8 +429,11 @@ pub struct Node {
     pub hostname: String,
     /// Whether it is a manager.
     pub manager: bool,
-    /// Whether its agent is connected.
+    /// Whether its agent is connected and heartbeating.
     pub ready: bool,
+    /// Why it is not ready ("heartbeat failure", "session closed").
+    #[serde(default)]
+    pub status_message: String,
     /// Set by `node update --availability`.
     pub availability: NodeAvailability,
     /// Set by `node update --label-add`.

@@ -11,7 +11,7 @@ use shoal_api::control::control_server::ControlServer;
 use shoal_api::dispatcher::SessionRequest;
 use shoal_api::dispatcher::dispatcher_server::DispatcherServer;
 use shoal_api::types::{Node, ResourceAmounts};
-use shoal_manager::server::{ManagerService, SelfNode};
+use shoal_manager::server::{ManagerOptions, ManagerService, SelfNode};
 use shoal_worker::agent::Agent;
 use shoal_worker::daemon::DaemonError;
 use shoal_worker::engine::Engine;
@@ -96,7 +96,7 @@ pub async fn manager_routes(
             tokio::spawn(Agent::new(engine, channel, session).run());
         });
     });
-    let svc = ManagerService::new(dir, node, on_active)
+    let svc = ManagerService::new(dir, node, ManagerOptions::default(), on_active)
         .await
         .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
     Ok(Some(
@@ -122,13 +122,26 @@ pub async fn init(host: &Host) -> anyhow::Result<()> {
 }
 
 /// `shoal info`.
-pub async fn info(host: &Host) -> anyhow::Result<()> {
+pub async fn info(host: &Host, json: bool) -> anyhow::Result<()> {
     let mut c = ControlClient::new(connect(host).await?);
     let r = c
         .info(pc::InfoRequest {})
         .await
         .map_err(status)?
         .into_inner();
+    if json {
+        let v = serde_json::json!({
+            "node_id": r.node_id,
+            "cluster": if r.swarm_active { "active" } else { "inactive" },
+            "role": if !r.swarm_active { "none" } else if r.manager { "manager" } else { "worker" },
+            "managers": r.managers,
+            "nodes": r.nodes,
+            "services": r.services,
+            "tasks_running": r.tasks_running,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
     println!("Node ID: {}", r.node_id);
     if !r.swarm_active {
         println!("Cluster: inactive (run \"shoal init\" to start one)");
@@ -168,8 +181,10 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
                 n.hostname.clone(),
                 if n.ready {
                     "Ready".into()
-                } else {
+                } else if n.status_message.is_empty() {
                     "Down".into()
+                } else {
+                    format!("Down ({})", n.status_message)
                 },
                 format!("{:?}", n.availability),
                 if n.manager {

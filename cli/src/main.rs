@@ -10,6 +10,7 @@ mod image_cmd;
 mod output;
 mod progress;
 mod service_cmd;
+mod service_flags;
 
 use std::path::PathBuf;
 
@@ -79,7 +80,11 @@ enum Command {
     /// Make this node the first manager of a new cluster.
     Init,
     /// Show the cluster and this node's part in it.
-    Info,
+    Info {
+        /// `text` (default) or `json`.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
     /// Manage services.
     #[command(subcommand)]
     Service(service_cmd::ServiceCommand),
@@ -134,7 +139,7 @@ enum NodeCommand {
     #[command(alias = "list")]
     Ls {
         /// `table` (default) or `json`.
-        #[arg(long, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
     },
     /// Show nodes in detail, as JSON.
@@ -142,6 +147,9 @@ enum NodeCommand {
         /// Nodes by id or hostname.
         #[arg(required = true)]
         nodes: Vec<String>,
+        /// `json` (the only format).
+        #[arg(long, default_value = "json", value_parser = ["json"])]
+        format: String,
     },
     /// Change a node's availability or labels.
     Update {
@@ -235,12 +243,12 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Image(c) => image_cmd::run(&host, c).await,
         Command::Container(c) => container_cmd::run(&host, c).await,
         Command::Init => cluster_cmd::init(&host).await,
-        Command::Info => cluster_cmd::info(&host).await,
+        Command::Info { format } => cluster_cmd::info(&host, format == "json").await,
         Command::Service(c) => service_cmd::run(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {
             cluster_cmd::node_ls(&host, format == "json").await
         }
-        Command::Node(NodeCommand::Inspect { nodes }) => {
+        Command::Node(NodeCommand::Inspect { nodes, .. }) => {
             cluster_cmd::node_inspect(&host, nodes).await
         }
         Command::Node(NodeCommand::Update {

@@ -3,15 +3,13 @@
 use clap::Subcommand;
 use shoal_api::control as pc;
 use shoal_api::control::control_client::ControlClient;
-use shoal_api::types::{
-    ResourceAmounts, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task,
-    TaskState,
-};
+use shoal_api::types::{RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState};
 
 use crate::args::{self, UsageError};
 use crate::client::{Host, connect};
 use crate::image_cmd::status;
 use crate::output;
+use crate::service_flags::{SpecFlags, parse_publish};
 
 /// Service subcommands.
 // Parsed once per process; the size of `create`'s flags does not matter.
@@ -29,8 +27,19 @@ pub enum ServiceCommand {
     },
     /// List a service's tasks.
     Ps {
-        /// The service.
-        service: String,
+        /// The services.
+        #[arg(required = true)]
+        services: Vec<String>,
+        /// Only tasks that match: desired-state=running|shutdown|accepted, node=ID|NAME,
+        /// id=PREFIX, name=SERVICE.SLOT.
+        #[arg(short, long)]
+        filter: Vec<String>,
+        /// Show full ids and messages.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only the task ids.
+        #[arg(short, long)]
+        quiet: bool,
         /// `table` (default) or `json`.
         #[arg(long, default_value = "table")]
         format: String,
@@ -40,6 +49,9 @@ pub enum ServiceCommand {
         /// Services by name or id.
         #[arg(required = true)]
         services: Vec<String>,
+        /// `json` (default) or `pretty`.
+        #[arg(long, default_value = "json")]
+        format: String,
     },
     /// Remove services.
     #[command(alias = "remove")]
@@ -53,24 +65,12 @@ pub enum ServiceCommand {
         /// NAME=REPLICAS pairs.
         #[arg(required = true)]
         targets: Vec<String>,
+        /// Return at once instead of waiting for the tasks.
+        #[arg(short, long)]
+        detach: bool,
     },
     /// Change a service.
-    Update {
-        /// A new image.
-        #[arg(long)]
-        image: Option<String>,
-        /// A new number of replicas.
-        #[arg(long)]
-        replicas: Option<u64>,
-        /// Add or replace an environment variable.
-        #[arg(long = "env-add")]
-        env_add: Vec<String>,
-        /// Redeploy even without another change.
-        #[arg(long)]
-        force: bool,
-        /// The service.
-        service: String,
-    },
+    Update(UpdateArgs),
     /// Show the logs of a service's tasks (on this node's engine).
     Logs {
         /// Keep following.
@@ -86,16 +86,19 @@ pub enum ServiceCommand {
     Rollback {
         /// The service.
         service: String,
+        /// Return at once instead of waiting for the tasks.
+        #[arg(short, long)]
+        detach: bool,
     },
 }
 
 /// `service create`.
 #[derive(clap::Args)]
 pub struct CreateArgs {
-    /// The service's name.
+    /// The service's name (default: the image's name).
     #[arg(long)]
     name: Option<String>,
-    /// Tasks wanted.
+    /// Tasks wanted (replicated modes).
     #[arg(long, default_value_t = 1)]
     replicas: u64,
     /// replicated, global, replicated-job or global-job.
@@ -110,54 +113,14 @@ pub struct CreateArgs {
     /// Placement preference, spread=node.labels.KEY.
     #[arg(long = "placement-pref")]
     placement_pref: Vec<String>,
-    /// Reserve CPUs on the node.
-    #[arg(long)]
-    reserve_cpu: Option<String>,
-    /// Reserve memory on the node.
-    #[arg(long)]
-    reserve_memory: Option<String>,
-    /// Limit CPUs.
-    #[arg(long)]
-    limit_cpu: Option<String>,
-    /// Limit memory.
-    #[arg(long)]
-    limit_memory: Option<String>,
-    /// Limit processes.
-    #[arg(long)]
-    limit_pids: Option<i64>,
-    /// none, on-failure or any.
-    #[arg(long, default_value = "any")]
-    restart_condition: String,
-    /// Delay between restarts, such as 5s.
-    #[arg(long, default_value = "5s")]
-    restart_delay: String,
-    /// Restarts allowed (0: unlimited).
-    #[arg(long, default_value_t = 0)]
-    restart_max_attempts: u32,
-    /// Tasks replaced at once by an update (0: all).
-    #[arg(long, default_value_t = 1)]
-    update_parallelism: u64,
-    /// pause, continue or rollback when an update's tasks fail.
-    #[arg(long, default_value = "pause")]
-    update_failure_action: String,
-    /// A new task failing this soon after its creation fails the update.
-    #[arg(long, default_value = "5s")]
-    update_monitor: String,
-    /// A shell command that tells whether a task is healthy (exit 0).
-    #[arg(long)]
-    health_cmd: Option<String>,
-    /// Time between health checks.
-    #[arg(long, default_value = "30s")]
-    health_interval: String,
-    /// A health check running longer fails.
-    #[arg(long, default_value = "30s")]
-    health_timeout: String,
-    /// Consecutive failures that make a task unhealthy.
-    #[arg(long, default_value_t = 3)]
-    health_retries: u32,
-    /// Failures in this first period do not count.
-    #[arg(long, default_value = "0s")]
-    health_start_period: String,
+    /// Publish a port: published=P,target=T[,protocol=tcp|udp][,mode=host|ingress].
+    #[arg(short, long)]
+    publish: Vec<String>,
+    /// A label K=V on the service.
+    #[arg(short, long)]
+    label: Vec<String>,
+    #[command(flatten)]
+    flags: SpecFlags,
     /// Return at once instead of waiting for the tasks.
     #[arg(short, long)]
     detach: bool,
@@ -168,26 +131,59 @@ pub struct CreateArgs {
     command: Vec<String>,
 }
 
-fn millis(flag: &str, s: &str) -> Result<u64, UsageError> {
-    let bad = || {
-        UsageError(format!(
-            "invalid {flag} \"{s}\": use a duration such as 500ms, 5s or 1m"
-        ))
-    };
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1e3,
-        "m" => n * 6e4,
-        "h" => n * 3.6e6,
-        _ => return Err(bad()),
-    };
-    if ms < 0.0 {
-        return Err(bad());
-    }
-    Ok(ms as u64)
+/// `service update`.
+#[derive(clap::Args)]
+pub struct UpdateArgs {
+    /// A new image.
+    #[arg(long)]
+    image: Option<String>,
+    /// A new number of replicas.
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// Add or replace an environment variable K=V.
+    #[arg(long = "env-add")]
+    env_add: Vec<String>,
+    /// Remove an environment variable.
+    #[arg(long = "env-rm")]
+    env_rm: Vec<String>,
+    /// A new command and arguments, as one shell-quoted string ("" for the image's).
+    #[arg(long)]
+    args: Option<String>,
+    /// Add a placement constraint.
+    #[arg(long = "constraint-add")]
+    constraint_add: Vec<String>,
+    /// Remove a placement constraint.
+    #[arg(long = "constraint-rm")]
+    constraint_rm: Vec<String>,
+    /// Publish another port.
+    #[arg(long = "publish-add")]
+    publish_add: Vec<String>,
+    /// Stop publishing the port with this target (or published) number.
+    #[arg(long = "publish-rm")]
+    publish_rm: Vec<u16>,
+    /// Add or replace a label K=V.
+    #[arg(long = "label-add")]
+    label_add: Vec<String>,
+    /// Remove a label.
+    #[arg(long = "label-rm")]
+    label_rm: Vec<String>,
+    #[command(flatten)]
+    flags: SpecFlags,
+    /// Redeploy even without another change.
+    #[arg(long)]
+    force: bool,
+    /// Go back to the previous spec (as "service rollback").
+    #[arg(long)]
+    rollback: bool,
+    /// Return at once instead of waiting for the tasks.
+    #[arg(short, long)]
+    detach: bool,
+    /// The service.
+    service: String,
+}
+
+fn label_pairs(labels: &[String]) -> Result<Vec<(String, String)>, UsageError> {
+    labels.iter().map(|l| args::parse_label(l)).collect()
 }
 
 fn spec_of(a: &CreateArgs) -> Result<ServiceSpec, UsageError> {
@@ -199,16 +195,6 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec, UsageError> {
         other => {
             return Err(UsageError(format!(
                 "invalid --mode \"{other}\": use replicated, global, replicated-job or global-job"
-            )));
-        }
-    };
-    let condition = match a.restart_condition.as_str() {
-        "none" => RestartCondition::None,
-        "on-failure" => RestartCondition::OnFailure,
-        "any" => RestartCondition::Any,
-        other => {
-            return Err(UsageError(format!(
-                "invalid --restart-condition \"{other}\": use none, on-failure or any"
             )));
         }
     };
@@ -233,72 +219,124 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec, UsageError> {
             env.push(v);
         }
     }
-    let cpus = |flag: &str, v: &Option<String>| -> Result<i64, UsageError> {
-        v.as_deref()
-            .map(args::parse_cpus)
-            .transpose()
-            .map(|c| c.unwrap_or(0))
-            .map_err(|e| UsageError(e.0.replace("--cpus", flag)))
-    };
-    let bytes = |flag: &str, v: &Option<String>| -> Result<i64, UsageError> {
-        v.as_deref()
-            .map(|m| args::parse_bytes(flag, m))
-            .transpose()
-            .map(|b| b.unwrap_or(0))
-    };
-    Ok(ServiceSpec {
+    let mut spec = ServiceSpec {
         name,
         image: a.image.clone(),
         command: a.command.clone(),
         env,
         mode,
         replicas: a.replicas,
-        max_concurrent: 0,
         constraints: a.constraint.clone(),
         spread_over: spread,
-        max_replicas_per_node: 0,
-        reservations: ResourceAmounts {
-            nano_cpus: cpus("--reserve-cpu", &a.reserve_cpu)?,
-            memory_bytes: bytes("--reserve-memory", &a.reserve_memory)?,
-        },
-        limits: ResourceAmounts {
-            nano_cpus: cpus("--limit-cpu", &a.limit_cpu)?,
-            memory_bytes: bytes("--limit-memory", &a.limit_memory)?,
-        },
-        pids_limit: a.limit_pids.unwrap_or(0),
-        restart: RestartPolicy {
-            condition,
-            delay_ms: millis("--restart-delay", &a.restart_delay)?,
-            max_attempts: a.restart_max_attempts,
-            window_ms: 0,
-        },
-        healthcheck: match &a.health_cmd {
-            None => None,
-            Some(cmd) => Some(shoal_api::types::HealthCheck {
-                command: cmd.clone(),
-                interval_ms: millis("--health-interval", &a.health_interval)?.max(100),
-                timeout_ms: millis("--health-timeout", &a.health_timeout)?.max(100),
-                retries: a.health_retries.max(1),
-                start_period_ms: millis("--health-start-period", &a.health_start_period)?,
-            }),
-        },
-        update: shoal_api::types::UpdateConfig {
-            parallelism: a.update_parallelism,
-            failure_action: match a.update_failure_action.as_str() {
-                "pause" => shoal_api::types::UpdateFailureAction::Pause,
-                "continue" => shoal_api::types::UpdateFailureAction::Continue,
-                "rollback" => shoal_api::types::UpdateFailureAction::Rollback,
-                other => {
-                    return Err(UsageError(format!(
-                        "invalid --update-failure-action \"{other}\": use pause, continue or rollback"
-                    )));
+        ports: a
+            .publish
+            .iter()
+            .map(|p| parse_publish(p))
+            .collect::<Result<_, _>>()?,
+        labels: label_pairs(&a.label)?.into_iter().collect(),
+        ..Default::default()
+    };
+    if matches!(mode, ServiceMode::ReplicatedJob | ServiceMode::GlobalJob) {
+        // A job that exited 0 is done; it runs again only when it failed.
+        spec.restart.condition = RestartCondition::OnFailure;
+    }
+    a.flags.apply(&mut spec)?;
+    Ok(spec)
+}
+
+/// Applies `service update`'s flags to the stored spec.
+fn apply_update(a: &UpdateArgs, s: &mut ServiceSpec) -> Result<(), UsageError> {
+    if let Some(i) = &a.image {
+        s.image = i.clone();
+    }
+    if let Some(r) = a.replicas {
+        s.replicas = r;
+    }
+    for k in &a.env_rm {
+        s.env.retain(|x| x.split('=').next() != Some(k.as_str()));
+    }
+    for e in &a.env_add {
+        if let Some(e) = args::parse_env(e)? {
+            let k = e.split('=').next().unwrap_or_default().to_string();
+            s.env.retain(|x| x.split('=').next() != Some(k.as_str()));
+            s.env.push(e);
+        }
+    }
+    if let Some(line) = &a.args {
+        s.command = split_words(line).ok_or_else(|| {
+            UsageError(format!("invalid --args \"{line}\": a quote is not closed"))
+        })?;
+    }
+    s.constraints.retain(|c| !a.constraint_rm.contains(c));
+    for c in &a.constraint_add {
+        if !s.constraints.contains(c) {
+            s.constraints.push(c.clone());
+        }
+    }
+    s.ports
+        .retain(|p| !a.publish_rm.contains(&p.target) && !a.publish_rm.contains(&p.published));
+    for p in &a.publish_add {
+        let p = parse_publish(p)?;
+        s.ports
+            .retain(|q| q.target != p.target || q.protocol != p.protocol);
+        s.ports.push(p);
+    }
+    for k in &a.label_rm {
+        s.labels.remove(k);
+    }
+    for (k, v) in label_pairs(&a.label_add)? {
+        s.labels.insert(k, v);
+    }
+    a.flags.apply(s)?;
+    if a.force {
+        s.force_update += 1;
+    }
+    Ok(())
+}
+
+/// Splits a command line into words: whitespace separates, single and double quotes
+/// group, a backslash escapes the next character. None if a quote is not closed.
+fn split_words(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                in_word = true;
+                loop {
+                    let d = chars.next()?;
+                    if d == c {
+                        break;
+                    }
+                    if d == '\\' && c == '"' {
+                        word.push(chars.next()?);
+                    } else {
+                        word.push(d);
+                    }
                 }
-            },
-            monitor_ms: millis("--update-monitor", &a.update_monitor)?,
-        },
-        force_update: 0,
-        labels: Default::default(),
-    })
+            }
+            '\\' => {
+                in_word = true;
+                word.push(chars.next()?);
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Some(words)
 }
 
 async fn client(host: &Host) -> anyhow::Result<ControlClient<tonic::transport::Channel>> {
@@ -323,16 +361,44 @@ async fn tasks_of(
         .collect())
 }
 
-/// Waits until the service's live tasks run (or one says why it cannot), printing
-/// progress per slot.
+/// What a task says in progress lines: its state, and the message when it explains.
+fn task_line(t: &Task) -> String {
+    let state = format!("{:?}", t.status.state).to_lowercase();
+    match t.status.state {
+        TaskState::Failed | TaskState::Rejected | TaskState::Orphaned => {
+            format!("{state}: {}", t.status.message)
+        }
+        TaskState::Pending if t.status.message.starts_with("no suitable node") => {
+            format!("pending: {}", t.status.message)
+        }
+        _ => state,
+    }
+}
+
+/// Where a task runs, as progress shows it: its slot, or its node for global services.
+fn place(t: &Task) -> String {
+    if t.slot > 0 {
+        format!("{}.{}", t.spec.name, t.slot)
+    } else {
+        format!("{}.{}", t.spec.name, output::short_id(&t.node_id))
+    }
+}
+
+/// Waits until the service converges (or its job completes), printing a line whenever a
+/// slot's task changes state and why a task cannot run. Fails when the update pauses or
+/// rolls back, or when nothing changes for a minute.
 async fn converge(
     c: &mut ControlClient<tonic::transport::Channel>,
     service: &Service,
+    rollback: bool,
 ) -> anyhow::Result<()> {
+    let name = &service.spec.name;
     let wanted = service.spec.replicas as usize;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut last_line = String::new();
-    let mut last_problem = String::new();
+    let quiet_limit = std::time::Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let mut last_change = std::time::Instant::now();
+    let mut shown: std::collections::HashMap<String, String> = Default::default();
+    let mut last_summary = String::new();
     loop {
         let now = c
             .get_service(pc::GetRequest {
@@ -342,77 +408,204 @@ async fn converge(
             .map_err(status)?
             .into_inner();
         let current: Service = serde_json::from_str(&now.object.unwrap_or_default().json)?;
+        if let Some(st) = &current.update_status {
+            if st.paused() {
+                return Err(anyhow::anyhow!(
+                    "{name}: {}: fix the spec and run \"shoal service update\" again, or \"shoal service rollback {name}\"",
+                    st.message
+                ));
+            }
+            if st.rolling_back() && !rollback {
+                return Err(anyhow::anyhow!(
+                    "{name}: {}; the service runs its previous spec again (see \"shoal service ps {name}\")",
+                    st.message
+                ));
+            }
+        }
         if !current.spec.same_task_template(&service.spec) {
             return Err(anyhow::anyhow!(
-                "{}: the update failed and was rolled back to the previous spec: see \"shoal service ps {}\"",
-                service.spec.name,
-                service.spec.name
+                "{name} was changed by another update meanwhile: see \"shoal service inspect {name}\""
             ));
         }
         let tasks = tasks_of(c, &service.id).await?;
-        let live: Vec<&Task> = tasks
-            .iter()
-            .filter(|t| t.desired_state <= TaskState::Running)
-            .collect();
-        let running = live
-            .iter()
-            .filter(|t| {
-                t.status.state == TaskState::Running && t.spec.same_task_template(&service.spec)
-            })
-            .count();
-        let problem = live
+        let fresh: Vec<&Task> = tasks
             .iter()
             .filter(|t| t.spec.same_task_template(&service.spec))
-            .filter(|t| {
-                t.status.state == TaskState::Pending
-                    && t.status.message.starts_with("no suitable node")
-                    || matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
-            })
-            .map(|t| format!("slot {}: {}", t.slot, t.status.message))
-            .next();
-        let line = format!("{}: {running}/{wanted} running", service.spec.name);
-        if line != last_line {
-            eprintln!("{line}");
-            last_line = line;
-        }
-        if service.spec.mode == ServiceMode::Replicated && running == wanted && live.len() == wanted
-        {
-            eprintln!("{}: converged", service.spec.name);
-            return Ok(());
-        }
-        if let Some(p) = problem
-            && p != last_problem
-        {
-            eprintln!("{}: {p}", service.spec.name);
-            last_problem = p;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(anyhow::anyhow!(
-                "{} did not converge in 60 s: see \"shoal service ps {}\"",
-                service.spec.name,
-                service.spec.name
-            ));
-        }
-        if service.spec.mode == ServiceMode::ReplicatedJob {
-            let done = tasks
-                .iter()
-                .filter(|t| t.status.state == TaskState::Complete)
-                .count();
-            if done >= wanted {
-                eprintln!("{}: job complete ({done}/{wanted})", service.spec.name);
-                return Ok(());
+            .collect();
+        // The newest task of each place.
+        let mut newest: std::collections::BTreeMap<String, &Task> = Default::default();
+        for t in &fresh {
+            let e = newest.entry(place(t)).or_insert(t);
+            if (t.created_ms, &t.id) > (e.created_ms, &e.id) {
+                *e = t;
             }
-        } else if service.spec.mode != ServiceMode::Replicated && running > 0 {
+        }
+        for (p, t) in &newest {
+            let line = task_line(t);
+            if shown.get(p) != Some(&line) {
+                eprintln!("{p}: {line}");
+                shown.insert(p.clone(), line);
+                last_change = std::time::Instant::now();
+            }
+        }
+        let live: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| t.desired_state <= TaskState::Running && !t.status.state.is_terminal())
+            .collect();
+        let running = fresh
+            .iter()
+            .filter(|t| {
+                t.status.state == TaskState::Running && t.desired_state <= TaskState::Running
+            })
+            .count();
+        let complete = fresh
+            .iter()
+            .filter(|t| t.status.state == TaskState::Complete)
+            .count();
+        let rolling = current
+            .update_status
+            .as_ref()
+            .is_some_and(|s| s.in_progress());
+        let all_fresh_running = live.iter().all(|t| {
+            t.spec.same_task_template(&service.spec) && t.status.state == TaskState::Running
+        });
+        let summary = match service.spec.mode {
+            ServiceMode::Replicated => format!("{name}: {running}/{wanted} running"),
+            ServiceMode::Global => format!("{name}: {running} running"),
+            ServiceMode::ReplicatedJob => format!("{name}: {complete}/{wanted} complete"),
+            ServiceMode::GlobalJob => format!("{name}: {complete} complete"),
+        };
+        if summary != last_summary {
+            eprintln!("{summary}");
+            last_summary = summary;
+            last_change = std::time::Instant::now();
+        }
+        let done = match service.spec.mode {
+            ServiceMode::Replicated => {
+                running == wanted && live.len() == wanted && all_fresh_running && !rolling
+            }
+            ServiceMode::Global => {
+                if live.is_empty() && started.elapsed() > std::time::Duration::from_secs(3) {
+                    eprintln!("{name}: no node is eligible for its tasks (see \"shoal node ls\")");
+                    return Ok(());
+                }
+                !live.is_empty() && all_fresh_running && !rolling
+            }
+            ServiceMode::ReplicatedJob => complete >= wanted,
+            ServiceMode::GlobalJob => {
+                complete > 0
+                    && !fresh.iter().any(|t| {
+                        t.desired_state <= TaskState::Running && !t.status.state.is_terminal()
+                    })
+            }
+        };
+        if done {
+            match service.spec.mode {
+                ServiceMode::ReplicatedJob | ServiceMode::GlobalJob => {
+                    eprintln!("{name}: job complete")
+                }
+                _ => eprintln!("{name}: converged"),
+            }
             return Ok(());
+        }
+        if last_change.elapsed() > quiet_limit {
+            return Err(anyhow::anyhow!(
+                "{name} did not converge: nothing changed for {} s; see \"shoal service ps {name}\"",
+                quiet_limit.as_secs()
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
+/// Whether a task passes `service ps` filters (`key=value`, each key may repeat: a task
+/// passes when it matches one value of every key given).
+fn ps_filter(filters: &[(String, String)], t: &Task) -> bool {
+    let mut keys: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (k, v) in filters {
+        keys.entry(k.as_str()).or_default().push(v.as_str());
+    }
+    keys.iter().all(|(k, values)| {
+        values.iter().any(|v| match *k {
+            "desired-state" => match *v {
+                "running" => t.desired_state <= TaskState::Running,
+                "shutdown" => t.desired_state > TaskState::Running,
+                "accepted" => {
+                    t.desired_state <= TaskState::Running && !t.status.state.is_terminal()
+                }
+                _ => false,
+            },
+            "node" => t.node_id == *v || (v.len() >= 4 && t.node_id.starts_with(v)),
+            "id" => t.id.starts_with(v),
+            "name" => place(t) == *v || t.spec.name == *v,
+            _ => false,
+        })
+    })
+}
+
+fn parse_ps_filters(filters: &[String]) -> Result<Vec<(String, String)>, UsageError> {
+    filters
+        .iter()
+        .map(|f| {
+            let (k, v) = f.split_once('=').ok_or_else(|| {
+                UsageError(format!(
+                    "invalid --filter \"{f}\": use KEY=VALUE, such as desired-state=running"
+                ))
+            })?;
+            match k {
+                "desired-state" if !matches!(v, "running" | "shutdown" | "accepted") => {
+                    Err(UsageError(format!(
+                        "invalid --filter \"{f}\": desired-state is running, shutdown or accepted"
+                    )))
+                }
+                "desired-state" | "node" | "id" | "name" => Ok((k.to_string(), v.to_string())),
+                _ => Err(UsageError(format!(
+                    "invalid --filter \"{f}\": filter on desired-state, node, id or name"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// The state of a task as `service ps` shows it: "Running 5 seconds ago".
+fn state_column(t: &Task, now: i64) -> String {
+    let state = format!("{:?}", t.status.state);
+    format!("{state} {}", output::ago(t.status.timestamp_ms / 1000, now))
+}
+
+fn check_format(format: &str, allowed: &[&str]) -> Result<(), UsageError> {
+    if allowed.contains(&format) {
+        Ok(())
+    } else {
+        Err(UsageError(format!(
+            "invalid --format \"{format}\": use {}",
+            allowed.join(" or ")
+        )))
+    }
+}
+
 /// Runs a service subcommand.
 pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
+    // Everything the flags can get wrong is found before connecting.
     let spec = match &cmd {
         ServiceCommand::Create(a) => Some(spec_of(a)?),
+        ServiceCommand::Update(a) => {
+            apply_update(a, &mut ServiceSpec::default())?;
+            None
+        }
+        ServiceCommand::Ls { format } => {
+            check_format(format, &["table", "json"])?;
+            None
+        }
+        ServiceCommand::Ps { format, filter, .. } => {
+            check_format(format, &["table", "json"])?;
+            parse_ps_filters(filter)?;
+            None
+        }
+        ServiceCommand::Inspect { format, .. } => {
+            check_format(format, &["json", "pretty"])?;
+            None
+        }
         _ => None,
     };
     let mut c = client(host).await?;
@@ -430,7 +623,7 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
             println!("{}", o.id);
             if !a.detach {
                 let s: Service = serde_json::from_str(&o.json)?;
-                converge(&mut c, &s).await?;
+                converge(&mut c, &s, false).await?;
             }
         }
         ServiceCommand::Ls { format } => {
@@ -448,59 +641,144 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&services)?);
                 return Ok(());
             }
+            let all = tasks_of(&mut c, "").await?;
             let mut rows = Vec::new();
             for s in &services {
-                let tasks = tasks_of(&mut c, &s.id).await?;
-                let running = tasks
-                    .iter()
+                let mine = all.iter().filter(|t| t.service_id == s.id);
+                let running = mine
+                    .clone()
                     .filter(|t| t.status.state == TaskState::Running)
                     .count();
-                let mode = match s.spec.mode {
-                    ServiceMode::Replicated => "replicated",
-                    ServiceMode::Global => "global",
-                    ServiceMode::ReplicatedJob => "replicated-job",
-                    ServiceMode::GlobalJob => "global-job",
+                let complete = mine
+                    .filter(|t| {
+                        t.status.state == TaskState::Complete && t.spec.same_task_template(&s.spec)
+                    })
+                    .count();
+                let (mode, replicas) = match s.spec.mode {
+                    ServiceMode::Replicated => {
+                        ("replicated", format!("{running}/{}", s.spec.replicas))
+                    }
+                    ServiceMode::Global => ("global", format!("{running}")),
+                    ServiceMode::ReplicatedJob => (
+                        "replicated-job",
+                        format!(
+                            "{running} running ({complete}/{} completed)",
+                            s.spec.replicas
+                        ),
+                    ),
+                    ServiceMode::GlobalJob => {
+                        ("global-job", format!("{running} ({complete} completed)"))
+                    }
                 };
-                let replicas = match s.spec.mode {
-                    ServiceMode::Replicated => format!("{running}/{}", s.spec.replicas),
-                    _ => format!("{running}"),
-                };
+                let ports: Vec<String> = s
+                    .spec
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let proto = format!("{:?}", p.protocol).to_lowercase();
+                        if p.published == 0 {
+                            format!("*:->{}/{proto}", p.target)
+                        } else {
+                            format!("*:{}->{}/{proto}", p.published, p.target)
+                        }
+                    })
+                    .collect();
                 rows.push(vec![
-                    s.id.chars().take(12).collect(),
+                    output::short_id(&s.id),
                     s.spec.name.clone(),
                     mode.into(),
                     replicas,
                     s.spec.image.clone(),
+                    ports.join(", "),
                 ]);
             }
             print!(
                 "{}",
-                output::table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"], &rows)
+                output::table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows)
             );
         }
-        ServiceCommand::Ps { service, format } => {
-            let mut tasks = tasks_of(&mut c, &service).await?;
-            tasks.sort_by_key(|t| (t.slot, std::cmp::Reverse(t.status.timestamp_ms)));
+        ServiceCommand::Ps {
+            services,
+            filter,
+            no_trunc,
+            quiet,
+            format,
+        } => {
+            let filters = parse_ps_filters(&filter)?;
+            let mut tasks = Vec::new();
+            for s in &services {
+                tasks.extend(tasks_of(&mut c, s).await?);
+            }
+            tasks.retain(|t| ps_filter(&filters, t));
+            tasks.sort_by_key(|t| {
+                (
+                    t.spec.name.clone(),
+                    t.slot,
+                    t.node_id.clone(),
+                    std::cmp::Reverse(t.status.timestamp_ms),
+                )
+            });
             if format == "json" {
                 println!("{}", serde_json::to_string_pretty(&tasks)?);
                 return Ok(());
             }
+            if quiet {
+                for t in &tasks {
+                    println!(
+                        "{}",
+                        if no_trunc {
+                            t.id.clone()
+                        } else {
+                            output::short_id(&t.id)
+                        }
+                    );
+                }
+                return Ok(());
+            }
             let now = output::now();
+            let id = |s: &str| {
+                if no_trunc {
+                    s.to_string()
+                } else {
+                    output::short_id(s)
+                }
+            };
+            let mut seen = std::collections::HashSet::new();
             let rows: Vec<Vec<String>> = tasks
                 .iter()
                 .map(|t| {
+                    // Older tasks of the same place are indented, as history.
+                    let name = place(t);
+                    let shown = if seen.insert(name.clone()) {
+                        name
+                    } else {
+                        format!(" \\_ {name}")
+                    };
+                    let ports: Vec<String> = t
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "*:{}->{}/{}",
+                                p.published,
+                                p.target,
+                                format!("{:?}", p.protocol).to_lowercase()
+                            )
+                        })
+                        .collect();
+                    let mut message = t.status.message.clone();
+                    if !no_trunc && message.chars().count() > 60 {
+                        message = message.chars().take(57).collect::<String>() + "...";
+                    }
                     vec![
-                        t.id.chars().take(12).collect(),
-                        format!("{}.{}", t.spec.name, t.slot),
+                        id(&t.id),
+                        shown,
                         t.spec.image.clone(),
-                        t.node_id.chars().take(12).collect(),
+                        id(&t.node_id),
                         format!("{:?}", t.desired_state),
-                        format!(
-                            "{:?} {}",
-                            t.status.state,
-                            output::ago(t.status.timestamp_ms / 1000, now)
-                        ),
-                        t.status.message.clone(),
+                        state_column(t, now),
+                        message,
+                        ports.join(", "),
                     ]
                 })
                 .collect();
@@ -514,13 +792,14 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                         "NODE",
                         "DESIRED STATE",
                         "CURRENT STATE",
-                        "MESSAGE"
+                        "MESSAGE",
+                        "PORTS"
                     ],
                     &rows
                 )
             );
         }
-        ServiceCommand::Inspect { services } => {
+        ServiceCommand::Inspect { services, format } => {
             let mut out = Vec::new();
             for s in services {
                 let r = c
@@ -528,11 +807,17 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                     .await
                     .map_err(status)?
                     .into_inner();
-                out.push(serde_json::from_str::<serde_json::Value>(
+                out.push(serde_json::from_str::<Service>(
                     &r.object.unwrap_or_default().json,
                 )?);
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                for s in &out {
+                    print!("{}", pretty(s));
+                }
+            }
         }
         ServiceCommand::Rm { services } => {
             for s in services {
@@ -542,63 +827,51 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                 println!("{s}");
             }
         }
-        ServiceCommand::Scale { targets } => {
-            for t in targets {
+        ServiceCommand::Scale { targets, detach } => {
+            let mut parsed = Vec::new();
+            for t in &targets {
                 let (name, n) = t
                     .split_once('=')
                     .ok_or_else(|| UsageError(format!("invalid \"{t}\": use NAME=REPLICAS")))?;
                 let n: u64 = n
                     .parse()
                     .map_err(|_| UsageError(format!("invalid \"{t}\": REPLICAS is a number")))?;
-                let updated = update(&mut c, name, |s| s.replicas = n).await?;
+                parsed.push((name.to_string(), n));
+            }
+            for (name, n) in parsed {
+                let updated = update(&mut c, &name, |s| {
+                    if !matches!(s.mode, ServiceMode::Replicated | ServiceMode::ReplicatedJob) {
+                        return Err(UsageError(format!(
+                            "{name} is a {} service: only replicated services scale",
+                            format!("{:?}", s.mode).to_lowercase()
+                        )));
+                    }
+                    s.replicas = n;
+                    Ok(())
+                })
+                .await?;
                 println!("{name} scaled to {n}");
-                converge(&mut c, &updated).await?;
+                if !detach {
+                    converge(&mut c, &updated, false).await?;
+                }
             }
         }
-        ServiceCommand::Update {
-            image,
-            replicas,
-            env_add,
-            force,
-            service,
-        } => {
-            let updated = update(&mut c, &service, |s| {
-                if let Some(i) = &image {
-                    s.image = i.clone();
-                }
-                if let Some(r) = replicas {
-                    s.replicas = r;
-                }
-                for e in &env_add {
-                    let k = e.split('=').next().unwrap_or_default();
-                    s.env.retain(|x| x.split('=').next() != Some(k));
-                    s.env.push(e.clone());
-                }
-                if force {
-                    s.force_update += 1;
-                }
-            })
-            .await?;
-            println!("{service}");
-            converge(&mut c, &updated).await?;
+        ServiceCommand::Update(a) => {
+            if a.rollback {
+                return rollback(&mut c, &a.service, a.detach).await;
+            }
+            let updated = update(&mut c, &a.service, |s| apply_update(&a, s)).await?;
+            println!("{}", a.service);
+            if !a.detach {
+                converge(&mut c, &updated, false).await?;
+            }
         }
         ServiceCommand::Logs {
             follow,
             tail,
             service,
         } => {
-            let tail = if tail == "all" {
-                -1
-            } else {
-                tail.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| {
-                        UsageError(format!(
-                            "invalid --tail \"{tail}\": use a number of lines, or all"
-                        ))
-                    })?
-            };
+            let tail = args::parse_tail(&tail)?;
             let tasks = tasks_of(&mut c, &service).await?;
             let channel = connect(host).await?;
             let mut handles = Vec::new();
@@ -608,12 +881,7 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
             {
                 let mut containers =
                     shoal_api::engine::containers_client::ContainersClient::new(channel.clone());
-                let prefix = format!(
-                    "{}.{}.{}",
-                    t.spec.name,
-                    t.slot,
-                    t.id.chars().take(12).collect::<String>()
-                );
+                let prefix = format!("{}.{}", place(&t), output::short_id(&t.id));
                 handles.push(tokio::spawn(async move {
                     let req = shoal_api::engine::LogsRequest {
                         id: t.status.container_id.clone(),
@@ -639,28 +907,94 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                 let _ = h.await;
             }
         }
-        ServiceCommand::Rollback { service } => {
-            let r = c
-                .update_service(pc::UpdateServiceRequest {
-                    service: service.clone(),
-                    rollback: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            println!("{service}");
-            let s: Service = serde_json::from_str(&r.object.unwrap_or_default().json)?;
-            converge(&mut c, &s).await?;
+        ServiceCommand::Rollback { service, detach } => {
+            rollback(&mut c, &service, detach).await?;
         }
     }
     Ok(())
 }
 
+async fn rollback(
+    c: &mut ControlClient<tonic::transport::Channel>,
+    service: &str,
+    detach: bool,
+) -> anyhow::Result<()> {
+    let r = c
+        .update_service(pc::UpdateServiceRequest {
+            service: service.to_string(),
+            rollback: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("{service}");
+    let s: Service = serde_json::from_str(&r.object.unwrap_or_default().json)?;
+    if !detach {
+        converge(c, &s, true).await?;
+    }
+    Ok(())
+}
+
+/// A service for people: `service inspect --format pretty`.
+fn pretty(s: &Service) -> String {
+    use std::fmt::Write;
+    let spec = &s.spec;
+    let mut o = String::new();
+    let _ = writeln!(o, "ID:\t\t{}", s.id);
+    let _ = writeln!(o, "Name:\t\t{}", spec.name);
+    let _ = writeln!(o, "Mode:\t\t{:?}", spec.mode);
+    if matches!(
+        spec.mode,
+        ServiceMode::Replicated | ServiceMode::ReplicatedJob
+    ) {
+        let _ = writeln!(o, " Replicas:\t{}", spec.replicas);
+    }
+    if let Some(u) = &s.update_status {
+        let _ = writeln!(o, "UpdateStatus:\n State:\t\t{:?}", u.state);
+        if !u.message.is_empty() {
+            let _ = writeln!(o, " Message:\t{}", u.message);
+        }
+    }
+    let _ = writeln!(o, "Image:\t\t{}", spec.image);
+    if !spec.command.is_empty() {
+        let _ = writeln!(o, "Args:\t\t{}", spec.command.join(" "));
+    }
+    for e in &spec.env {
+        let _ = writeln!(o, "Env:\t\t{e}");
+    }
+    let _ = writeln!(
+        o,
+        "RestartPolicy:\n Condition:\t{:?}\n Delay:\t\t{} ms\n Max attempts:\t{}",
+        spec.restart.condition, spec.restart.delay_ms, spec.restart.max_attempts
+    );
+    for (what, u) in [
+        ("UpdateConfig", &spec.update),
+        ("RollbackConfig", &spec.rollback),
+    ] {
+        let _ = writeln!(
+            o,
+            "{what}:\n Parallelism:\t{}\n Delay:\t\t{} ms\n On failure:\t{:?}\n Monitoring:\t{} ms\n Order:\t\t{:?}",
+            u.parallelism, u.delay_ms, u.failure_action, u.monitor_ms, u.order
+        );
+    }
+    if let Some(h) = &spec.healthcheck {
+        let _ = writeln!(o, "Healthcheck:\t{} every {} ms", h.command, h.interval_ms);
+    }
+    for p in &spec.ports {
+        let _ = writeln!(
+            o,
+            "Port:\t\t{} -> {}/{:?} ({:?})",
+            p.published, p.target, p.protocol, p.mode
+        );
+    }
+    o
+}
+
 async fn update(
     c: &mut ControlClient<tonic::transport::Channel>,
     name: &str,
-    change: impl FnOnce(&mut ServiceSpec),
+    change: impl FnOnce(&mut ServiceSpec) -> Result<(), UsageError>,
 ) -> anyhow::Result<Service> {
     let got = c
         .get_service(pc::GetRequest {
@@ -672,7 +1006,7 @@ async fn update(
     let o = got.object.unwrap_or_default();
     let s: Service = serde_json::from_str(&o.json)?;
     let mut spec = s.spec.clone();
-    change(&mut spec);
+    change(&mut spec)?;
     let r = c
         .update_service(pc::UpdateServiceRequest {
             service: s.id.clone(),

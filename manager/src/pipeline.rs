@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use shoal_api::types::{Node, Service, ServiceMode, Task, TaskState};
+use shoal_api::types::{
+    Node, PortConfig, PublishMode, Service, ServiceMode, Task, TaskState, UpdateState, UpdateStatus,
+};
 
 use crate::cluster::{ClusterError, ClusterStore};
 use crate::orchestrator::{self, Proposal};
@@ -41,6 +43,15 @@ fn load<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+fn put_service(service: &Service, expected: u64) -> Command {
+    Command::Put {
+        kind: kinds::SERVICE.into(),
+        id: service.id.clone(),
+        value: serde_json::to_value(service).unwrap_or_default(),
+        expected_version: Some(expected),
+    }
+}
+
 fn put_task(task: &Task, expected: u64) -> Command {
     Command::Put {
         kind: kinds::TASK.into(),
@@ -67,6 +78,8 @@ pub struct PassReport {
     pub unschedulable: usize,
     /// Services whose failed update went back to the previous spec.
     pub rolled_back: usize,
+    /// Services whose update paused or completed.
+    pub update_status: usize,
 }
 
 impl PassReport {
@@ -78,6 +91,7 @@ impl PassReport {
             + self.allocated
             + self.assigned
             + self.rolled_back
+            + self.update_status
             > 0
     }
 }
@@ -145,7 +159,40 @@ impl Pipeline {
             .map(|n| n.id.as_str())
             .collect();
         let mut draining: std::collections::HashSet<String> = Default::default();
+        // Tasks on nodes that are down (or gone) are lost: they stop counting, and run
+        // again elsewhere; if the node comes back, its agent stops them.
+        let down: HashMap<&str, &str> = nodes
+            .iter()
+            .filter(|n| !n.ready)
+            .map(|n| (n.id.as_str(), n.status_message.as_str()))
+            .collect();
+        let known_nodes: std::collections::HashSet<&str> =
+            nodes.iter().map(|n| n.id.as_str()).collect();
         for (t, v) in &tasks {
+            let lost = !t.node_id.is_empty()
+                && t.status.state >= TaskState::Assigned
+                && !t.status.state.is_terminal()
+                && (down.contains_key(t.node_id.as_str())
+                    || !known_nodes.contains(t.node_id.as_str()));
+            if lost {
+                let mut t = t.clone();
+                let why = down.get(t.node_id.as_str()).copied().unwrap_or("removed");
+                t.desired_state = TaskState::Shutdown;
+                t.status.state = TaskState::Orphaned;
+                t.status.timestamp_ms = now_ms;
+                t.status.message = format!(
+                    "node {} is down ({why})",
+                    t.node_id.chars().take(12).collect::<String>()
+                );
+                commands.push(put_task(&t, *v));
+                draining.insert(t.id.clone());
+                report.shut_down += 1;
+            }
+        }
+        for (t, v) in &tasks {
+            if draining.contains(&t.id) {
+                continue;
+            }
             if orchestrator::is_live(t) && drained.contains(t.node_id.as_str()) {
                 let mut t = t.clone();
                 t.desired_state = TaskState::Shutdown;
@@ -156,7 +203,7 @@ impl Pipeline {
         }
         for (service, _) in &services {
             let proposals = match service.spec.mode {
-                ServiceMode::Global => {
+                ServiceMode::Global | ServiceMode::GlobalJob => {
                     orchestrator::global::reconcile(service, &all, &nodes, now_ms, &mut next)
                 }
                 ServiceMode::ReplicatedJob => {
@@ -194,24 +241,36 @@ impl Pipeline {
                         });
                         report.deleted += 1;
                     }
-                    Proposal::Rollback { service_id } => {
+                    Proposal::Rollback {
+                        service_id,
+                        message,
+                    } => {
                         if let Some((s, v)) = services.iter().find(|(s, _)| s.id == service_id)
                             && let Some(previous) = s.previous_spec.clone()
                         {
-                            // Back to the previous spec; forgetting the failed one keeps a
-                            // failing rollback from bouncing back.
+                            // Back to the previous spec, rolled out with the rollback
+                            // settings; its failure action never rolls back again.
                             let rolled = Service {
                                 id: s.id.clone(),
                                 spec: previous,
-                                previous_spec: None,
+                                previous_spec: Some(s.spec.clone()),
+                                update_status: Some(UpdateStatus {
+                                    state: UpdateState::RollbackStarted,
+                                    started_ms: now_ms,
+                                    completed_ms: 0,
+                                    message,
+                                }),
                             };
-                            commands.push(Command::Put {
-                                kind: kinds::SERVICE.into(),
-                                id: s.id.clone(),
-                                value: serde_json::to_value(&rolled).unwrap_or_default(),
-                                expected_version: Some(*v),
-                            });
+                            commands.push(put_service(&rolled, *v));
                             report.rolled_back += 1;
+                        }
+                    }
+                    Proposal::UpdateStatus { service_id, status } => {
+                        if let Some((s, v)) = services.iter().find(|(s, _)| s.id == service_id) {
+                            let mut s = s.clone();
+                            s.update_status = Some(status);
+                            commands.push(put_service(&s, *v));
+                            report.update_status += 1;
                         }
                     }
                 }
@@ -236,23 +295,49 @@ impl Pipeline {
                 report.deleted += 1;
             }
         }
-        self.write_each(commands).await
+        self.write_batch(commands).await
     }
 
-    /// The allocator step: nothing to allocate on a single bridge yet (networks, VIPs and
-    /// ports come with issue 5), so NEW tasks become PENDING.
+    /// The allocator step: NEW tasks get their resources and become PENDING. For now the
+    /// resources are host ports: a port published in host mode without a number gets one
+    /// from the dynamic range that no live task holds. Tasks asked to stop before they
+    /// reached a node stop here (no agent will ever report on them).
     async fn allocate(&self, report: &mut PassReport) -> Result<(), ClusterError> {
         let tasks: Vec<(Task, u64)> = load(&self.store, kinds::TASK)?;
+        let mut in_use: std::collections::HashSet<(shoal_api::types::PortProtocol, u16)> = tasks
+            .iter()
+            .filter(|(t, _)| orchestrator::is_live(t) && t.status.state > TaskState::New)
+            .flat_map(|(t, _)| t.ports.iter().map(|p| (p.protocol, p.published)))
+            .collect();
         let mut commands = Vec::new();
         for (mut t, v) in tasks {
-            if t.status.state == TaskState::New && t.desired_state <= TaskState::Running {
-                t.status.state = TaskState::Pending;
-                t.status.message = "pending".into();
+            if t.status.state < TaskState::Assigned && t.desired_state > TaskState::Running {
+                t.status.state = TaskState::Shutdown;
+                t.status.message = "shut down before it was placed".into();
                 commands.push(put_task(&t, v));
-                report.allocated += 1;
+                report.shut_down += 1;
+                continue;
             }
+            if t.status.state != TaskState::New {
+                continue;
+            }
+            match allocate_ports(&t.ports, &mut in_use) {
+                Ok(ports) => {
+                    t.ports = ports;
+                    t.status.state = TaskState::Pending;
+                    t.status.message = "pending".into();
+                }
+                Err(message) => {
+                    if t.status.message == message {
+                        continue;
+                    }
+                    t.status.message = message;
+                }
+            }
+            commands.push(put_task(&t, v));
+            report.allocated += 1;
         }
-        self.write_each(commands).await
+        self.write_batch(commands).await
     }
 
     async fn schedule(&self, now_ms: i64, report: &mut PassReport) -> Result<(), ClusterError> {
@@ -267,7 +352,7 @@ impl Pipeline {
                 && orchestrator::is_live(t)
                 && t.status.state >= TaskState::Assigned
             {
-                sched.add_existing(&t.node_id, &t.service_id, reservations(t), &[]);
+                sched.add_existing(&t.node_id, &t.service_id, reservations(t), &host_ports(t));
             }
             if t.status.state == TaskState::Failed && !t.node_id.is_empty() {
                 sched.record_failure(&t.node_id, &t.service_id);
@@ -328,7 +413,7 @@ impl Pipeline {
             commands.push(put_task(&t, v));
             report.assigned += 1;
         }
-        self.write_each(commands).await
+        self.write_batch(commands).await
     }
 
     /// Writes commands one by one: a conflict only skips that write (the next pass sees
@@ -338,6 +423,24 @@ impl Pipeline {
             self.store.write(c).await?;
         }
         Ok(())
+    }
+
+    /// Writes commands as one Raft entry; if one of them lost a race, the others are
+    /// written one by one.
+    async fn write_batch(&self, commands: Vec<Command>) -> Result<(), ClusterError> {
+        if commands.len() < 2 {
+            return self.write_each(commands).await;
+        }
+        match self
+            .store
+            .write(Command::Batch {
+                commands: commands.clone(),
+            })
+            .await?
+        {
+            crate::store::CommandResult::Conflict { .. } => self.write_each(commands).await,
+            _ => Ok(()),
+        }
     }
 
     /// Runs passes whenever the store changes, and at least every `tick` (restart delays),
@@ -397,6 +500,14 @@ fn reservations(t: &Task) -> Resources {
     }
 }
 
+fn host_ports(t: &Task) -> Vec<u16> {
+    t.ports
+        .iter()
+        .filter(|p| p.mode == PublishMode::Host)
+        .map(|p| p.published)
+        .collect()
+}
+
 fn request(t: &Task) -> TaskRequest {
     TaskRequest {
         task_id: t.id.clone(),
@@ -410,9 +521,40 @@ fn request(t: &Task) -> TaskRequest {
             .collect(),
         spread_over: t.spec.spread_over.clone(),
         max_replicas_per_node: t.spec.max_replicas_per_node,
-        host_ports: Vec::new(),
+        host_ports: host_ports(t),
         platforms: Vec::new(),
     }
+}
+
+/// Where published ports without a number come from (as Swarm's dynamic range).
+pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Gives each port published without a number one from the dynamic range that is not in
+/// `in_use`, and marks the ports taken.
+fn allocate_ports(
+    ports: &[PortConfig],
+    in_use: &mut std::collections::HashSet<(shoal_api::types::PortProtocol, u16)>,
+) -> Result<Vec<PortConfig>, String> {
+    let mut out = Vec::with_capacity(ports.len());
+    for p in ports {
+        let mut p = *p;
+        if p.published == 0 {
+            p.published = DYNAMIC_PORTS
+                .clone()
+                .find(|n| !in_use.contains(&(p.protocol, *n)))
+                .ok_or_else(|| {
+                    format!(
+                        "no free port left in {}-{} for target port {}",
+                        DYNAMIC_PORTS.start(),
+                        DYNAMIC_PORTS.end(),
+                        p.target
+                    )
+                })?;
+        }
+        in_use.insert((p.protocol, p.published));
+        out.push(p);
+    }
+    Ok(out)
 }
 
 /// Counts tasks by (service, state) — for tests and `service ls`.

@@ -2,6 +2,7 @@
 //! dispatcher (agent sessions and task status). Until `shoal init` the node is no manager
 //! and the control calls but `Init` and `Info` say so.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use shoal_api::control::control_server::Control;
 use shoal_api::dispatcher as pd;
 use shoal_api::dispatcher::dispatcher_server::Dispatcher;
 use shoal_api::types::{
-    Node, NodeAvailability, ResourceAmounts, Service, ServiceSpec, Task, TaskState,
+    Node, NodeAvailability, PublishMode, ResourceAmounts, Service, ServiceMode, ServiceSpec, Task,
+    TaskState, UpdateFailureAction, UpdateState, UpdateStatus,
 };
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
@@ -33,33 +35,93 @@ pub struct SelfNode {
     pub resources: ResourceAmounts,
 }
 
+/// How a manager watches its nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct ManagerOptions {
+    /// How often agents heartbeat.
+    pub heartbeat_period: Duration,
+    /// Heartbeats a node may miss before it is marked down (and its tasks run elsewhere).
+    pub heartbeat_misses: u32,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            heartbeat_period: Duration::from_millis(1000),
+            heartbeat_misses: 3,
+        }
+    }
+}
+
+impl ManagerOptions {
+    /// How long a node may stay silent.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_period * self.heartbeat_misses.max(1)
+    }
+}
+
 /// A running manager.
 pub struct Manager {
     store: Arc<ClusterStore>,
     node: SelfNode,
+    options: ManagerOptions,
     stop: tokio::sync::watch::Sender<bool>,
+    /// When each node's next heartbeat is due at the latest (kept in memory only, as
+    /// writing every heartbeat through Raft would cost more than it tells).
+    deadlines: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 impl Manager {
     /// Opens the manager state under `dir`, leads a one-manager cluster, and starts the
-    /// leader pipeline.
-    pub async fn start(dir: PathBuf, node: SelfNode) -> Result<Arc<Manager>, ClusterError> {
+    /// leader pipeline and the heartbeat watch.
+    pub async fn start(
+        dir: PathBuf,
+        node: SelfNode,
+        options: ManagerOptions,
+    ) -> Result<Arc<Manager>, ClusterError> {
         let store = Arc::new(ClusterStore::open(&dir, 1, &Timings::default()).await?);
         store.bootstrap("local").await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let m = Arc::new(Manager {
             store: store.clone(),
             node: node.clone(),
+            options,
             stop,
+            deadlines: Default::default(),
         });
-        m.put_node(false).await?;
+        m.register(&pd::SessionRequest {
+            node_id: node.id.clone(),
+            hostname: node.hostname.clone(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            nano_cpus: node.resources.nano_cpus,
+            memory_bytes: node.resources.memory_bytes,
+        })
+        .await?;
+        // Every known node gets a full timeout from now to show up again (a new leader
+        // does not know when they last spoke).
+        let grace = tokio::time::Instant::now() + options.heartbeat_timeout();
+        for (id, _) in store.list(kinds::NODE)? {
+            m.deadlines_mut().insert(id, grace);
+        }
         let pipeline = Pipeline::new(store, 1);
+        let mut stopped2 = stopped.clone();
         tokio::spawn(async move {
             pipeline
                 .run(Duration::from_millis(500), async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })
                 .await;
+        });
+        let watch = m.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(watch.options.heartbeat_period / 4);
+            loop {
+                tokio::select! {
+                    _ = stopped2.changed() => return,
+                    _ = tick.tick() => watch.mark_silent_nodes_down().await,
+                }
+            }
         });
         Ok(m)
     }
@@ -70,34 +132,130 @@ impl Manager {
         self.store.shutdown().await;
     }
 
-    async fn put_node(&self, ready: bool) -> Result<(), ClusterError> {
-        let existing = self.store.get(kinds::NODE, &self.node.id)?;
-        let mut node = match &existing {
-            Some(v) => serde_json::from_value::<Node>(v.value.clone())
-                .map_err(|e| ClusterError::Read(e.to_string()))?,
-            None => Node {
-                id: self.node.id.clone(),
-                hostname: self.node.hostname.clone(),
-                manager: true,
-                ready,
-                availability: NodeAvailability::Active,
-                labels: Default::default(),
-                os: std::env::consts::OS.into(),
-                arch: std::env::consts::ARCH.into(),
-                resources: self.node.resources,
-            },
+    fn deadlines_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
+        self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a node's session: its description, and that it is ready.
+    async fn register(&self, session: &pd::SessionRequest) -> Result<(), ClusterError> {
+        let existing = self.store.get(kinds::NODE, &session.node_id)?;
+        let (mut node, expected) = match &existing {
+            Some(v) => (
+                serde_json::from_value::<Node>(v.value.clone())
+                    .map_err(|e| ClusterError::Read(e.to_string()))?,
+                v.version,
+            ),
+            None => (
+                Node {
+                    id: session.node_id.clone(),
+                    hostname: String::new(),
+                    manager: session.node_id == self.node.id,
+                    ready: false,
+                    status_message: String::new(),
+                    availability: NodeAvailability::Active,
+                    labels: Default::default(),
+                    os: String::new(),
+                    arch: String::new(),
+                    resources: ResourceAmounts::default(),
+                },
+                0,
+            ),
         };
-        node.ready = ready;
-        node.resources = self.node.resources;
+        let before = node.clone();
+        node.hostname = session.hostname.clone();
+        node.os = session.os.clone();
+        node.arch = session.arch.clone();
+        node.resources = ResourceAmounts {
+            nano_cpus: session.nano_cpus,
+            memory_bytes: session.memory_bytes,
+        };
+        if session.node_id != self.node.id || existing.is_some() {
+            // The manager's own record is created not ready; its agent's session makes
+            // it ready like any other node's.
+            node.ready = true;
+            node.status_message.clear();
+        }
+        self.deadlines_mut().insert(
+            node.id.clone(),
+            tokio::time::Instant::now() + self.options.heartbeat_timeout(),
+        );
+        if node == before && existing.is_some() {
+            return Ok(());
+        }
         self.store
             .write(Command::Put {
                 kind: kinds::NODE.into(),
                 id: node.id.clone(),
                 value: serde_json::to_value(&node).unwrap_or_default(),
-                expected_version: None,
+                expected_version: Some(expected),
             })
             .await?;
         Ok(())
+    }
+
+    /// Marks down every ready node whose heartbeat is overdue.
+    async fn mark_silent_nodes_down(&self) {
+        let now = tokio::time::Instant::now();
+        let overdue: Vec<String> = self
+            .deadlines_mut()
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in overdue {
+            self.deadlines_mut().remove(&id);
+            let message = format!(
+                "heartbeat failure: no heartbeat for {} ms",
+                self.options.heartbeat_timeout().as_millis()
+            );
+            if let Err(e) = self.set_ready(&id, false, &message).await {
+                tracing::warn!("marking node {id} down: {e}");
+            }
+        }
+    }
+
+    async fn set_ready(&self, id: &str, ready: bool, message: &str) -> Result<(), ClusterError> {
+        let Some(v) = self.store.get(kinds::NODE, id)? else {
+            return Ok(());
+        };
+        let mut node: Node =
+            serde_json::from_value(v.value).map_err(|e| ClusterError::Read(e.to_string()))?;
+        if node.ready == ready {
+            return Ok(());
+        }
+        node.ready = ready;
+        node.status_message = message.to_string();
+        if !ready {
+            tracing::warn!("node {} ({}) is down: {message}", node.hostname, node.id);
+        }
+        self.store
+            .write(Command::Put {
+                kind: kinds::NODE.into(),
+                id: node.id.clone(),
+                value: serde_json::to_value(&node).unwrap_or_default(),
+                expected_version: Some(v.version),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A heartbeat from `node_id`: due again within the timeout.
+    async fn heartbeat(&self, node_id: &str) -> Result<bool, ClusterError> {
+        let known = self.store.get(kinds::NODE, node_id)?.is_some();
+        if !known {
+            return Ok(false);
+        }
+        let was_silent = self
+            .deadlines_mut()
+            .insert(
+                node_id.to_string(),
+                tokio::time::Instant::now() + self.options.heartbeat_timeout(),
+            )
+            .is_none();
+        if was_silent {
+            self.set_ready(node_id, true, "").await?;
+        }
+        Ok(true)
     }
 }
 
@@ -118,6 +276,7 @@ fn object(id: &str, v: &Versioned) -> pc::Object {
 pub struct ManagerService {
     dir: PathBuf,
     node: SelfNode,
+    options: ManagerOptions,
     manager: Arc<RwLock<Option<Arc<Manager>>>>,
     on_active: Arc<dyn Fn() + Send + Sync>,
 }
@@ -129,16 +288,18 @@ impl ManagerService {
     pub async fn new(
         dir: PathBuf,
         node: SelfNode,
+        options: ManagerOptions,
         on_active: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<ManagerService, ClusterError> {
         let svc = ManagerService {
             dir,
             node,
+            options,
             manager: Arc::new(RwLock::new(None)),
             on_active,
         };
         if svc.dir.join("raft-log.redb").exists() {
-            let m = Manager::start(svc.dir.clone(), svc.node.clone()).await?;
+            let m = Manager::start(svc.dir.clone(), svc.node.clone(), svc.options).await?;
             *svc.manager.write().await = Some(m);
             (svc.on_active)();
         }
@@ -199,7 +360,66 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), Status> {
         crate::scheduler::Constraint::parse(c)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
     }
+    let mut published = std::collections::HashSet::new();
+    for p in &spec.ports {
+        if p.target == 0 {
+            return bad("a published port needs a target port (the container's), 1-65535".into());
+        }
+        if p.mode == PublishMode::Ingress {
+            return bad(format!(
+                "port {}: ingress publishing (the routing mesh) is not available yet; publish \
+                 with mode=host (--publish published={},target={},mode=host)",
+                p.target, p.published, p.target
+            ));
+        }
+        if p.published != 0 && !published.insert((p.protocol, p.published)) {
+            return bad(format!(
+                "port {} is published twice: give each published port once",
+                p.published
+            ));
+        }
+    }
+    if matches!(
+        spec.mode,
+        ServiceMode::ReplicatedJob | ServiceMode::GlobalJob
+    ) && spec.update.failure_action == UpdateFailureAction::Rollback
+    {
+        return bad("jobs do not roll back: use --update-failure-action pause or continue".into());
+    }
+    if spec.rollback.failure_action == UpdateFailureAction::Rollback {
+        return bad(
+            "a rollback cannot roll back: use --rollback-failure-action pause or continue".into(),
+        );
+    }
     Ok(())
+}
+
+/// The write that applies one status update to the task as stored now (None: nothing to
+/// change, or the task is gone).
+fn status_command(m: &Manager, u: &pd::StatusUpdate) -> Result<Option<Command>, Status> {
+    let Some(v) = m.store.get(kinds::TASK, &u.task_id).map_err(internal)? else {
+        return Ok(None);
+    };
+    let mut t: Task =
+        serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
+    let state: TaskState = serde_json::from_value(serde_json::Value::String(u.state.clone()))
+        .map_err(|_| Status::invalid_argument(format!("unknown task state {}", u.state)))?;
+    if !t.status.state.can_move_to(state) {
+        return Ok(None); // states only move forward; a late report changes nothing
+    }
+    t.status.state = state;
+    t.status.message = u.message.clone();
+    t.status.timestamp_ms = now_ms();
+    t.status.exit_code = u.exited.then_some(u.exit_code);
+    if !u.container_id.is_empty() {
+        t.status.container_id = u.container_id.clone();
+    }
+    Ok(Some(Command::Put {
+        kind: kinds::TASK.into(),
+        id: t.id.clone(),
+        value: serde_json::to_value(&t).unwrap_or_default(),
+        expected_version: Some(v.version),
+    }))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -213,7 +433,7 @@ impl Control for ManagerService {
                 "this node is already part of a cluster: \"shoal info\" shows it",
             ));
         }
-        let m = Manager::start(self.dir.clone(), self.node.clone())
+        let m = Manager::start(self.dir.clone(), self.node.clone(), self.options)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         *guard = Some(m);
@@ -278,6 +498,7 @@ impl Control for ManagerService {
             id: id.clone(),
             spec,
             previous_spec: None,
+            update_status: None,
         };
         let r = m
             .store
@@ -327,6 +548,30 @@ impl Control for ManagerService {
                 .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))?
         };
         check_spec(&new_spec)?;
+        if new_spec.mode != service.spec.mode {
+            return Err(Status::invalid_argument(format!(
+                "service {} cannot change its mode: remove it and create it again",
+                service.spec.name
+            )));
+        }
+        // A change of the task template is an update (or a rollback) that rolls out; a
+        // scale, or a change of the update settings, is not.
+        if r.rollback || !new_spec.same_task_template(&service.spec) {
+            service.update_status = Some(UpdateStatus {
+                state: if r.rollback {
+                    UpdateState::RollbackStarted
+                } else {
+                    UpdateState::Updating
+                },
+                started_ms: now_ms(),
+                completed_ms: 0,
+                message: if r.rollback {
+                    "rollback asked for".into()
+                } else {
+                    String::new()
+                },
+            });
+        }
         service.previous_spec = Some(std::mem::replace(&mut service.spec, new_spec));
         let res = m
             .store
@@ -508,8 +753,12 @@ impl Dispatcher for ManagerService {
         r: Request<pd::SessionRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let m = self.active().await?;
-        let node_id = r.into_inner().node_id;
-        m.put_node(true).await.map_err(internal)?;
+        let session = r.into_inner();
+        if session.node_id.is_empty() {
+            return Err(Status::invalid_argument("a session needs the node's id"));
+        }
+        m.register(&session).await.map_err(internal)?;
+        let node_id = session.node_id;
         let mut events = m.store.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
@@ -545,11 +794,28 @@ impl Dispatcher for ManagerService {
                     _ = tx.closed() => break,
                 }
             }
-            let _ = m.put_node(false).await;
+            // The node is not marked down here: its heartbeats tell (a session can end
+            // for a reconnect to another manager).
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn heartbeat(
+        &self,
+        r: Request<pd::HeartbeatRequest>,
+    ) -> Result<Response<pd::HeartbeatReply>, Status> {
+        let m = self.active().await?;
+        let node_id = r.into_inner().node_id;
+        if !m.heartbeat(&node_id).await.map_err(internal)? {
+            return Err(Status::not_found(format!(
+                "node {node_id} is not part of this cluster: open a session first (or join again)"
+            )));
+        }
+        Ok(Response::new(pd::HeartbeatReply {
+            period_ms: m.options.heartbeat_period.as_millis() as u64,
+        }))
     }
 
     async fn update_status(
@@ -557,36 +823,98 @@ impl Dispatcher for ManagerService {
         r: Request<pd::StatusBatch>,
     ) -> Result<Response<pd::StatusReply>, Status> {
         let m = self.active().await?;
-        for u in r.into_inner().updates {
-            let Some(v) = m.store.get(kinds::TASK, &u.task_id).map_err(internal)? else {
-                continue;
-            };
-            let mut t: Task =
-                serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
-            let state: TaskState = serde_json::from_value(serde_json::Value::String(
-                u.state.clone(),
-            ))
-            .map_err(|_| Status::invalid_argument(format!("unknown task state {}", u.state)))?;
-            if !t.status.state.can_move_to(state) {
-                continue; // states only move forward; a late report changes nothing
+        let updates = r.into_inner().updates;
+        let mut commands = Vec::new();
+        for u in &updates {
+            if let Some(c) = status_command(&m, u)? {
+                commands.push(c);
             }
-            t.status.state = state;
-            t.status.message = u.message;
-            t.status.timestamp_ms = now_ms();
-            t.status.exit_code = u.exited.then_some(u.exit_code);
-            if !u.container_id.is_empty() {
-                t.status.container_id = u.container_id;
+        }
+        // One Raft entry for the batch. If a task moved meanwhile (a manager wrote its
+        // desired state), each update is read and applied again on its own.
+        let conflict = match commands.len() {
+            0 => false,
+            _ => matches!(
+                m.store
+                    .write(Command::Batch { commands })
+                    .await
+                    .map_err(internal)?,
+                CommandResult::Conflict { .. }
+            ),
+        };
+        if conflict {
+            for u in &updates {
+                for _ in 0..5 {
+                    let Some(c) = status_command(&m, u)? else {
+                        break;
+                    };
+                    let r = m.store.write(c).await.map_err(internal)?;
+                    if !matches!(r, CommandResult::Conflict { .. }) {
+                        break;
+                    }
+                }
             }
-            m.store
-                .write(Command::Put {
-                    kind: kinds::TASK.into(),
-                    id: t.id.clone(),
-                    value: serde_json::to_value(&t).unwrap_or_default(),
-                    expected_version: Some(v.version),
-                })
-                .await
-                .map_err(internal)?;
         }
         Ok(Response::new(pd::StatusReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(m: &Manager, id: &str) -> (bool, String) {
+        let v = m.store.get(kinds::NODE, id).unwrap().unwrap();
+        let n: Node = serde_json::from_value(v.value).unwrap();
+        (n.ready, n.status_message)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_stops_heartbeating_is_marked_down_and_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ManagerOptions {
+            heartbeat_period: Duration::from_millis(50),
+            heartbeat_misses: 3,
+        };
+        let me = SelfNode {
+            id: "m1".into(),
+            hostname: "m1".into(),
+            resources: ResourceAmounts::default(),
+        };
+        let m = Manager::start(dir.path().to_path_buf(), me, options)
+            .await
+            .unwrap();
+        let session = pd::SessionRequest {
+            node_id: "w1".into(),
+            hostname: "worker-1".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            nano_cpus: 1_000_000_000,
+            memory_bytes: 1 << 30,
+        };
+        m.register(&session).await.unwrap();
+        for _ in 0..6 {
+            assert!(m.heartbeat("w1").await.unwrap());
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert_eq!(
+            ready(&m, "w1"),
+            (true, String::new()),
+            "heartbeating: ready"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ready(&m, "w1").0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (is_ready, why) = ready(&m, "w1");
+        assert!(!is_ready, "silent: down");
+        assert!(why.contains("heartbeat failure"), "{why}");
+        assert!(m.heartbeat("w1").await.unwrap());
+        assert_eq!(ready(&m, "w1"), (true, String::new()), "back");
+        assert!(
+            !m.heartbeat("stranger").await.unwrap(),
+            "unknown nodes are told"
+        );
+        m.stop().await;
     }
 }

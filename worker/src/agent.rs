@@ -31,6 +31,11 @@ pub struct Agent {
     starting: Mutex<HashSet<String>>,
     /// How many containers start at once.
     start_slots: tokio::sync::Semaphore,
+    /// Tasks whose health check runs.
+    checked: Mutex<HashSet<String>>,
+    /// Status waiting to go to the dispatcher, sent in batches.
+    outbox: tokio::sync::mpsc::UnboundedSender<pd::StatusUpdate>,
+    outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pd::StatusUpdate>>>,
 }
 
 fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::StatusUpdate {
@@ -48,6 +53,7 @@ fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::St
 impl Agent {
     /// An agent for `session`'s node, talking to a dispatcher over `channel`.
     pub fn new(engine: Arc<Engine>, channel: Channel, session: pd::SessionRequest) -> Arc<Agent> {
+        let (outbox, rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Agent {
             engine,
             channel,
@@ -55,11 +61,19 @@ impl Agent {
             stopping: Mutex::new(HashSet::new()),
             starting: Mutex::new(HashSet::new()),
             start_slots: tokio::sync::Semaphore::new(8),
+            checked: Mutex::new(HashSet::new()),
+            outbox,
+            outbox_rx: Mutex::new(Some(rx)),
         })
     }
 
-    /// Runs sessions until the process ends, reconnecting after failures.
+    /// Runs sessions until the process ends, reconnecting after failures; heartbeats and
+    /// sends status batches alongside.
     pub async fn run(self: Arc<Self>) {
+        if let Some(rx) = self.outbox_rx.lock().await.take() {
+            tokio::spawn(self.clone().send_status(rx));
+        }
+        tokio::spawn(self.clone().heartbeats());
         self.adopt();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -104,14 +118,62 @@ impl Agent {
         Ok(())
     }
 
-    async fn report(&self, updates: Vec<pd::StatusUpdate>) {
+    /// Queues status for the dispatcher.
+    fn report(&self, updates: Vec<pd::StatusUpdate>) {
+        for u in updates {
+            let _ = self.outbox.send(u);
+        }
+    }
+
+    /// Sends queued status in batches: what queued up while the last batch was on its way
+    /// goes in the next one. A batch that fails is sent again (the manager may be
+    /// restarting), so no exit goes unreported.
+    async fn send_status(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<pd::StatusUpdate>,
+    ) {
         let mut client = DispatcherClient::new(self.channel.clone());
-        let _ = client
-            .update_status(pd::StatusBatch {
+        while let Some(first) = rx.recv().await {
+            let mut updates = vec![first];
+            // Let the starts of one assignment set land in one batch.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            while updates.len() < 512 {
+                match rx.try_recv() {
+                    Ok(u) => updates.push(u),
+                    Err(_) => break,
+                }
+            }
+            let batch = pd::StatusBatch {
                 node_id: self.session.node_id.clone(),
                 updates,
-            })
-            .await;
+            };
+            let mut backoff = Duration::from_millis(100);
+            while let Err(e) = client.update_status(batch.clone()).await {
+                tracing::debug!("sending task status: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// Heartbeats at the period the manager asks for.
+    async fn heartbeats(self: Arc<Self>) {
+        let mut client = DispatcherClient::new(self.channel.clone());
+        loop {
+            let period = match client
+                .heartbeat(pd::HeartbeatRequest {
+                    node_id: self.session.node_id.clone(),
+                })
+                .await
+            {
+                Ok(r) => Duration::from_millis(r.into_inner().period_ms.clamp(50, 60_000)),
+                Err(e) => {
+                    tracing::debug!("heartbeat: {e}");
+                    Duration::from_millis(200)
+                }
+            };
+            tokio::time::sleep(period).await;
+        }
     }
 
     /// Brings the engine in line with the assigned tasks; returns status to report.
@@ -141,9 +203,7 @@ impl Agent {
                         let (agent, c, id) = (self.clone(), c.clone(), t.id.clone());
                         tokio::spawn(async move {
                             let _ = agent.engine.stop(&c, None).await;
-                            agent
-                                .report(vec![update(&id, TaskState::Shutdown, "shut down")])
-                                .await;
+                            agent.report(vec![update(&id, TaskState::Shutdown, "shut down")]);
                         });
                     }
                     Some((_, true)) => {}
@@ -153,6 +213,13 @@ impl Agent {
                     _ => {}
                 }
                 continue;
+            }
+            if let Some((c, true)) = container
+                && let Some(h) = &t.spec.healthcheck
+                && t.status.state == TaskState::Running
+            {
+                // After a restart the check of an adopted task runs again.
+                self.check_health(t.id.clone(), c.clone(), h.clone());
             }
             if container.is_some() || t.status.state.is_terminal() {
                 continue;
@@ -184,7 +251,7 @@ impl Agent {
                     }
                 };
                 drop(permit);
-                agent.report(vec![u]).await;
+                agent.report(vec![u]);
                 agent.starting.lock().await.remove(&t.id);
             });
         }
@@ -226,7 +293,24 @@ impl Agent {
                     nano_cpus: spec.limits.nano_cpus,
                     pids_limit: spec.pids_limit,
                 }),
-                stop_timeout_secs: -1,
+                stop_signal: spec.stop_signal.clone(),
+                stop_timeout_secs: spec
+                    .stop_grace_period_ms
+                    .map(|ms| ms.div_ceil(1000) as i64)
+                    .unwrap_or(-1),
+                ports: t
+                    .ports
+                    .iter()
+                    .map(|p| pb::PortMapping {
+                        host_ip: String::new(),
+                        host_port: p.published.into(),
+                        container_port: p.target.into(),
+                        protocol: match p.protocol {
+                            shoal_api::types::PortProtocol::Tcp => "tcp".into(),
+                            shoal_api::types::PortProtocol::Udp => "udp".into(),
+                        },
+                    })
+                    .collect(),
                 labels,
                 ..Default::default()
             })
@@ -254,13 +338,29 @@ impl Agent {
     ) {
         let agent = self.clone();
         tokio::spawn(async move {
+            if !agent.checked.lock().await.insert(task_id.clone()) {
+                return; // already checked
+            }
+            agent.run_health_check(&task_id, &container, &h).await;
+            agent.checked.lock().await.remove(&task_id);
+        });
+    }
+
+    async fn run_health_check(
+        self: &Arc<Self>,
+        task_id: &str,
+        container: &str,
+        h: &shoal_api::types::HealthCheck,
+    ) {
+        let agent = self;
+        {
             let started = tokio::time::Instant::now();
             let mut failures = 0u32;
             loop {
                 tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
                 let running = agent
                     .engine
-                    .inspect(&container)
+                    .inspect(container)
                     .map(|r| r.is_running())
                     .unwrap_or(false);
                 if !running {
@@ -270,7 +370,7 @@ impl Agent {
                     cmd: vec!["sh".into(), "-c".into(), h.command.clone()],
                     ..Default::default()
                 };
-                let healthy = match agent.engine.exec(&container, opts).await {
+                let healthy = match agent.engine.exec(container, opts).await {
                     Ok(mut rx) => {
                         let run = async {
                             let mut code = 1;
@@ -297,22 +397,20 @@ impl Agent {
                 }
                 failures += 1;
                 if failures >= h.retries {
-                    agent.stopping.lock().await.insert(task_id.clone());
-                    agent
-                        .report(vec![update(
-                            &task_id,
-                            TaskState::Failed,
-                            format!(
-                                "unhealthy: \"{}\" failed {failures} times in a row",
-                                h.command
-                            ),
-                        )])
-                        .await;
-                    let _ = agent.engine.stop(&container, None).await;
+                    agent.stopping.lock().await.insert(task_id.to_string());
+                    agent.report(vec![update(
+                        task_id,
+                        TaskState::Failed,
+                        format!(
+                            "unhealthy: \"{}\" failed {failures} times in a row",
+                            h.command
+                        ),
+                    )]);
+                    let _ = agent.engine.stop(container, None).await;
                     return;
                 }
             }
-        });
+        }
     }
 
     /// Reports the container's exit when it comes.
@@ -347,7 +445,7 @@ impl Agent {
             let mut u = update(&task_id, state, message);
             u.exited = true;
             u.exit_code = code;
-            agent.report(vec![u]).await;
+            agent.report(vec![u]);
         });
     }
 }

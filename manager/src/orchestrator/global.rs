@@ -1,11 +1,12 @@
 //! The global orchestrator: one live task per eligible node (ready, active, matching the
-//! service's constraints); tasks on nodes that stopped being eligible are shut down.
+//! service's constraints); tasks on nodes that stopped being eligible are shut down. A
+//! global job runs to one completion on every eligible node.
 
 use std::collections::BTreeMap;
 
 use shoal_api::types::{Node, NodeAvailability, Service, ServiceMode, Task};
 
-use super::{Proposal, is_live, reconcile_place, trim_history};
+use super::{Proposal, is_live, job_place, reconcile_place, rollout, trim_history};
 use crate::scheduler::{Constraint, NodeInfo, Resources};
 
 fn eligible(service: &Service, node: &Node) -> bool {
@@ -33,7 +34,8 @@ fn eligible(service: &Service, node: &Node) -> bool {
     })
 }
 
-/// The proposals that bring a global service to one task per eligible node.
+/// The proposals that bring a global service to one task per eligible node (or a global
+/// job to one completion per eligible node).
 pub fn reconcile(
     service: &Service,
     tasks: &[Task],
@@ -42,17 +44,23 @@ pub fn reconcile(
     next_id: &mut dyn FnMut() -> String,
 ) -> Vec<Proposal> {
     let mut out = Vec::new();
-    if service.spec.mode != ServiceMode::Global {
-        return out;
-    }
+    let job = match service.spec.mode {
+        ServiceMode::Global => false,
+        ServiceMode::GlobalJob => true,
+        _ => return out,
+    };
     let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in tasks.iter().filter(|t| t.service_id == service.id) {
         by_node.entry(t.node_id.as_str()).or_default().push(t);
     }
     let mut sorted: Vec<&Node> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    // Global services replace outdated tasks on every node at once.
-    let mut unlimited = u64::MAX;
+    let mine: Vec<&Task> = by_node.values().flatten().copied().collect();
+    let mut rollout = if job {
+        rollout::Rollout::unlimited()
+    } else {
+        rollout::plan(service, &mine, now_ms, &mut out)
+    };
     for node in &sorted {
         let here = by_node.remove(node.id.as_str()).unwrap_or_default();
         if !eligible(service, node) {
@@ -66,6 +74,17 @@ pub fn reconcile(
             trim_history(&mut stopped, &mut out);
             continue;
         }
+        if job {
+            for t in here.iter().filter(|t| is_live(t)) {
+                if !t.spec.same_task_template(&service.spec) {
+                    out.push(Proposal::Shutdown {
+                        task_id: t.id.clone(),
+                    });
+                }
+            }
+            job_place(service, &here, 0, &node.id, now_ms, next_id, &mut out);
+            continue;
+        }
         reconcile_place(
             service,
             &here,
@@ -73,7 +92,7 @@ pub fn reconcile(
             &node.id,
             now_ms,
             next_id,
-            &mut unlimited,
+            &mut rollout,
             &mut out,
         );
     }
@@ -101,6 +120,7 @@ mod tests {
             hostname: id.into(),
             manager: false,
             ready,
+            status_message: String::new(),
             availability: NodeAvailability::Active,
             labels: Default::default(),
             os: "linux".into(),
@@ -120,6 +140,7 @@ mod tests {
                 ..Default::default()
             },
             previous_spec: None,
+            update_status: None,
         }
     }
 
@@ -171,5 +192,35 @@ mod tests {
         assert!(p.contains(&Proposal::Shutdown {
             task_id: "on-gone".into()
         }));
+    }
+
+    #[test]
+    fn a_global_job_completes_once_per_node() {
+        let mut s = service(&[]);
+        s.spec.mode = ServiceMode::GlobalJob;
+        s.spec.restart.condition = shoal_api::types::RestartCondition::OnFailure;
+        s.spec.restart.delay_ms = 100;
+        let nodes = vec![node("a", true), node("b", true), node("c", true)];
+        let mut done = new_task(&s, "done-a".into(), 0, "a", 0);
+        done.status.state = TaskState::Complete;
+        let mut failed = new_task(&s, "failed-b".into(), 0, "b", 0);
+        failed.status.state = TaskState::Failed;
+        failed.status.timestamp_ms = 50;
+        let p = reconcile(&s, &[done, failed], &nodes, 60, &mut ids());
+        let made: Vec<(String, i64)> = p
+            .iter()
+            .filter_map(|p| match p {
+                Proposal::Create {
+                    task,
+                    not_before_ms,
+                } => Some((task.node_id.clone(), *not_before_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            made,
+            vec![("b".to_string(), 150), ("c".to_string(), 0)],
+            "a retried after the delay, c run; a is done"
+        );
     }
 }

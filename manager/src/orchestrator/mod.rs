@@ -5,14 +5,19 @@
 //!
 //! - `replicated`: N tasks in stable slots 1..=N; scale up fills the lowest free slots,
 //!   scale down retires the highest; a stopped task is replaced per the restart policy;
-//!   a task whose spec differs from the service's is replaced (the rolling update, with
-//!   its parallelism, delay and failure action, comes next).
-//! - `global`: one task per eligible node.
+//!   a task whose spec differs from the service's is replaced by the rolling update.
+//! - `global`: one task per eligible node; a global job, one completion per node.
+//! - `rollout`: the rolling update shared by both: parallelism, delay, order, monitor,
+//!   failure action, and the service's update status.
 
 pub mod global;
 pub mod replicated;
+pub mod rollout;
 
-use shoal_api::types::{RestartCondition, Service, Task, TaskState, TaskStatus};
+use rollout::Rollout;
+use shoal_api::types::{
+    RestartCondition, Service, Task, TaskState, TaskStatus, UpdateOrder, UpdateStatus,
+};
 
 /// Terminal tasks kept per slot (or node) for `service ps`; older ones are deleted.
 pub const TASK_HISTORY_LIMIT: usize = 5;
@@ -42,6 +47,15 @@ pub enum Proposal {
     Rollback {
         /// The service.
         service_id: String,
+        /// Why.
+        message: String,
+    },
+    /// The service's update paused or completed.
+    UpdateStatus {
+        /// The service.
+        service_id: String,
+        /// Its new update status.
+        status: UpdateStatus,
     },
 }
 
@@ -54,6 +68,7 @@ pub fn new_task(service: &Service, id: String, slot: u64, node_id: &str, now_ms:
         node_id: node_id.to_string(),
         spec: service.spec.clone(),
         created_ms: now_ms,
+        ports: service.spec.ports.clone(),
         desired_state: TaskState::Running,
         status: TaskStatus {
             state: TaskState::New,
@@ -107,9 +122,10 @@ pub fn should_restart(service: &Service, stopped: &Task, history: &[&Task], now_
 
 /// Reconciles one place that should hold one live task of `service`: a slot of a
 /// replicated service, or a node of a global one. Extra live tasks are shut down; an
-/// outdated one is replaced while `budget` (the update's parallelism) lasts; an empty
-/// place is filled, after the restart delay when its last task failed or exited; the
-/// place's history is trimmed.
+/// outdated one is replaced while the rollout's budget lasts (stop-first: it stops, and its
+/// replacement starts once it has; start-first: the replacement starts, and the old task
+/// stops once the new one runs); an empty place is filled, after the restart delay when
+/// its last task failed or exited; the place's history is trimmed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reconcile_place(
     service: &Service,
@@ -118,67 +134,138 @@ pub(crate) fn reconcile_place(
     node_id: &str,
     now_ms: i64,
     next_id: &mut dyn FnMut() -> String,
-    budget: &mut u64,
+    rollout: &mut Rollout,
     out: &mut Vec<Proposal>,
 ) {
-    let (mut live, mut stopped): (Vec<&Task>, Vec<&Task>) = here.iter().partition(|t| is_live(t));
-    // Keep the newest live task; extra ones (after a manager crash between two writes)
-    // are shut down.
-    live.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
-    let keep = live.pop();
-    for extra in live {
+    let current = |t: &Task| t.spec.same_task_template(&service.spec);
+    let (live, mut stopped): (Vec<&Task>, Vec<&Task>) = here.iter().partition(|t| is_live(t));
+    let (mut fresh, mut old): (Vec<&Task>, Vec<&Task>) = live.into_iter().partition(|t| current(t));
+    // Keep the newest live task of each kind; extra ones (after a manager crash between
+    // two writes) are shut down.
+    let newest_last = |v: &mut Vec<&Task>| v.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
+    newest_last(&mut fresh);
+    newest_last(&mut old);
+    let keep_fresh = fresh.pop();
+    let keep_old = old.pop();
+    for extra in fresh.into_iter().chain(old) {
         out.push(Proposal::Shutdown {
             task_id: extra.id.clone(),
         });
     }
-    let current = |t: &Task| t.spec.same_task_template(&service.spec);
-    match keep {
-        Some(t) if !current(t) => {
-            // The spec changed: replace (stop-first), as many as the update allows.
-            if *budget > 0 {
-                *budget -= 1;
+    let create = |next_id: &mut dyn FnMut() -> String, not_before_ms| Proposal::Create {
+        task: Box::new(new_task(service, next_id(), slot, node_id, now_ms)),
+        not_before_ms,
+    };
+    match (keep_fresh, keep_old) {
+        (Some(f), Some(o)) => {
+            // A start-first replacement: the old task goes once the new one runs.
+            if f.status.state == TaskState::Running || rollout.order == UpdateOrder::StopFirst {
                 out.push(Proposal::Shutdown {
-                    task_id: t.id.clone(),
-                });
-                out.push(Proposal::Create {
-                    task: Box::new(new_task(service, next_id(), slot, node_id, now_ms)),
-                    not_before_ms: 0,
+                    task_id: o.id.clone(),
                 });
             }
         }
-        Some(_) => {}
-        None => {
+        (Some(_), None) => {}
+        (None, Some(o)) => {
+            if rollout.budget > 0 {
+                rollout.budget -= 1;
+                match rollout.order {
+                    UpdateOrder::StopFirst => out.push(Proposal::Shutdown {
+                        task_id: o.id.clone(),
+                    }),
+                    UpdateOrder::StartFirst => out.push(create(next_id, 0)),
+                }
+            }
+        }
+        (None, None) => {
+            let still_stopping = stopped
+                .iter()
+                .any(|t| !current(t) && !t.status.state.is_terminal());
+            if still_stopping && rollout.order == UpdateOrder::StopFirst {
+                // The replacement waits for the outdated task to be gone.
+                trim_history(&mut stopped, out);
+                return;
+            }
             let last = stopped
                 .iter()
                 .max_by_key(|t| (t.status.timestamp_ms, t.id.clone()))
                 .copied();
-            let create = match last {
+            let wanted = match last {
                 None => true,
                 Some(l) if !current(l) => true,
                 Some(l) => should_restart(service, l, &stopped, now_ms),
             };
-            if create {
+            if wanted {
                 let not_before_ms = match last {
                     Some(l) if current(l) && l.desired_state <= TaskState::Running => {
                         l.status.timestamp_ms + service.spec.restart.delay_ms as i64
                     }
                     _ => 0,
                 };
-                out.push(Proposal::Create {
-                    task: Box::new(new_task(service, next_id(), slot, node_id, now_ms)),
-                    not_before_ms,
-                });
+                out.push(create(next_id, not_before_ms));
             }
         }
     }
     trim_history(&mut stopped, out);
 }
 
+/// Reconciles one place of a job (a slot of a replicated job, a node of a global one):
+/// done once a task of the current spec completed; else, unless one runs, a task is made
+/// (after the restart delay when the last one failed, and only while the restart policy
+/// allows). Returns whether a task was made (or is waiting for its delay).
+pub(crate) fn job_place(
+    service: &Service,
+    here: &[&Task],
+    slot: u64,
+    node_id: &str,
+    now_ms: i64,
+    next_id: &mut dyn FnMut() -> String,
+    out: &mut Vec<Proposal>,
+) -> bool {
+    let current: Vec<&Task> = here
+        .iter()
+        .filter(|t| t.spec.same_task_template(&service.spec))
+        .copied()
+        .collect();
+    if current
+        .iter()
+        .any(|t| t.status.state == TaskState::Complete || is_live(t))
+    {
+        return false;
+    }
+    let last = current
+        .iter()
+        .max_by_key(|t| (t.status.timestamp_ms, t.id.clone()))
+        .copied();
+    let wanted = match last {
+        None => true,
+        Some(l) => should_restart(service, l, &current, now_ms),
+    };
+    if wanted {
+        let not_before_ms = last
+            .filter(|l| l.desired_state <= TaskState::Running)
+            .map(|l| l.status.timestamp_ms + service.spec.restart.delay_ms as i64)
+            .unwrap_or(0);
+        out.push(Proposal::Create {
+            task: Box::new(new_task(service, next_id(), slot, node_id, now_ms)),
+            not_before_ms,
+        });
+    }
+    let mut stopped: Vec<&Task> = here.iter().filter(|t| !is_live(t)).copied().collect();
+    trim_history(&mut stopped, out);
+    wanted
+}
+
 /// Proposals that trim the terminal tasks of one slot to the history limit, oldest first.
 fn trim_history(stopped: &mut [&Task], out: &mut Vec<Proposal>) {
-    stopped.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
-    let excess = stopped.len().saturating_sub(TASK_HISTORY_LIMIT);
-    for t in &stopped[..excess] {
+    // Only tasks that have stopped for good; one still stopping is kept.
+    let mut done: Vec<&&Task> = stopped
+        .iter()
+        .filter(|t| t.status.state.is_terminal())
+        .collect();
+    done.sort_by_key(|t| (t.status.timestamp_ms, t.id.clone()));
+    let excess = done.len().saturating_sub(TASK_HISTORY_LIMIT);
+    for t in &done[..excess] {
         out.push(Proposal::Delete {
             task_id: t.id.clone(),
         });

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use shoal_api::types::{Service, ServiceMode, Task, TaskState, UpdateFailureAction};
+use shoal_api::types::{Service, ServiceMode, Task};
 
-use super::{Proposal, is_live, new_task, reconcile_place, should_restart, trim_history};
+use super::{Proposal, is_live, job_place, reconcile_place, rollout, trim_history};
 
 /// The proposals that bring `service` (replicated mode) to its spec, given all its tasks.
 /// `next_id` names new tasks.
@@ -24,36 +24,7 @@ pub fn reconcile(
         slots.entry(t.slot).or_default().push(t);
     }
     let mine: Vec<&Task> = slots.values().flatten().copied().collect();
-    let current = |t: &Task| t.spec.same_task_template(&service.spec);
-    // A rolling update: how many outdated tasks may be replaced in this pass.
-    let update = service.spec.update;
-    let in_flight = mine
-        .iter()
-        .filter(|t| current(t) && is_live(t) && t.status.state < TaskState::Running)
-        .count() as u64;
-    let failed = service.previous_spec.is_some()
-        && mine.iter().any(|t| {
-            current(t)
-                && t.desired_state <= TaskState::Running
-                && matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
-                && t.status.timestamp_ms - t.created_ms <= update.monitor_ms as i64
-        });
-    let mut budget = match update.parallelism {
-        0 => u64::MAX,
-        p => p.saturating_sub(in_flight),
-    };
-    if failed {
-        match update.failure_action {
-            UpdateFailureAction::Continue => {}
-            UpdateFailureAction::Pause => budget = 0,
-            UpdateFailureAction::Rollback => {
-                budget = 0;
-                out.push(Proposal::Rollback {
-                    service_id: service.id.clone(),
-                });
-            }
-        }
-    }
+    let mut rollout = rollout::plan(service, &mine, now_ms, &mut out);
     for slot in 1..=wanted.max(slots.keys().next_back().copied().unwrap_or(0)) {
         let in_slot = slots.get(&slot).cloned().unwrap_or_default();
         if slot > wanted {
@@ -75,7 +46,7 @@ pub fn reconcile(
             "",
             now_ms,
             next_id,
-            &mut budget,
+            &mut rollout,
             &mut out,
         );
     }
@@ -104,35 +75,26 @@ pub fn reconcile_job(
     for t in tasks.iter().filter(|t| t.service_id == service.id) {
         slots.entry(t.slot).or_default().push(t);
     }
-    let mut running = slots.values().flatten().filter(|t| is_live(t)).count();
-    for slot in 1..=total {
-        let in_slot = slots.get(&slot).cloned().unwrap_or_default();
-        if in_slot
-            .iter()
-            .any(|t| t.status.state == shoal_api::types::TaskState::Complete)
-            || in_slot.iter().any(|t| is_live(t))
-        {
-            continue;
+    let current = |t: &Task| t.spec.same_task_template(&service.spec);
+    // Runs of an outdated spec stop; the job runs again with the new one.
+    for t in slots.values().flatten() {
+        if is_live(t) && !current(t) {
+            out.push(Proposal::Shutdown {
+                task_id: t.id.clone(),
+            });
         }
+    }
+    let mut running = slots
+        .values()
+        .flatten()
+        .filter(|t| is_live(t) && current(t))
+        .count();
+    for slot in 1..=total {
         if running >= limit {
             break;
         }
-        let last = in_slot
-            .iter()
-            .max_by_key(|t| (t.status.timestamp_ms, t.id.clone()))
-            .copied();
-        let create = match last {
-            None => true,
-            Some(l) => should_restart(service, l, &in_slot, now_ms),
-        };
-        if create {
-            let not_before_ms = last
-                .map(|l| l.status.timestamp_ms + service.spec.restart.delay_ms as i64)
-                .unwrap_or(0);
-            out.push(Proposal::Create {
-                task: Box::new(new_task(service, next_id(), slot, "", now_ms)),
-                not_before_ms,
-            });
+        let in_slot = slots.get(&slot).cloned().unwrap_or_default();
+        if job_place(service, &in_slot, slot, "", now_ms, next_id, &mut out) {
             running += 1;
         }
     }
@@ -141,8 +103,12 @@ pub fn reconcile_job(
 
 #[cfg(test)]
 mod tests {
-    use shoal_api::types::{RestartCondition, RestartPolicy, ServiceSpec, TaskState};
+    use shoal_api::types::{
+        RestartCondition, RestartPolicy, ServiceSpec, TaskState, UpdateFailureAction, UpdateOrder,
+        UpdateState, UpdateStatus,
+    };
 
+    use super::super::new_task;
     use super::*;
 
     fn service(replicas: u64) -> Service {
@@ -161,6 +127,7 @@ mod tests {
                 ..Default::default()
             },
             previous_spec: None,
+            update_status: None,
         }
     }
 
@@ -187,7 +154,8 @@ mod tests {
                 } => format!("create slot {} at {not_before_ms}", task.slot),
                 Proposal::Shutdown { task_id } => format!("shutdown {task_id}"),
                 Proposal::Delete { task_id } => format!("delete {task_id}"),
-                Proposal::Rollback { service_id } => format!("rollback {service_id}"),
+                Proposal::Rollback { service_id, .. } => format!("rollback {service_id}"),
+                Proposal::UpdateStatus { status, .. } => format!("status {:?}", status.state),
             })
             .collect()
     }
@@ -308,14 +276,140 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_spec_replaces_the_task() {
+    fn a_changed_spec_replaces_the_task_stop_first() {
         let old = service(1);
         let mut new = old.clone();
         new.spec.image = "busybox:2".into();
         let t = task(&old, "o", 1, TaskState::Running, 0);
         assert_eq!(
-            summary(&reconcile(&new, &[t], 10, &mut ids())),
-            vec!["shutdown o", "create slot 1 at 0"]
+            summary(&reconcile(&new, std::slice::from_ref(&t), 10, &mut ids())),
+            vec!["shutdown o"]
+        );
+        let mut stopping = t.clone();
+        stopping.desired_state = TaskState::Shutdown;
+        assert!(
+            reconcile(&new, std::slice::from_ref(&stopping), 20, &mut ids()).is_empty(),
+            "the replacement waits until the old task is gone"
+        );
+        stopping.status.state = TaskState::Shutdown;
+        assert_eq!(
+            summary(&reconcile(&new, &[stopping], 30, &mut ids())),
+            vec!["create slot 1 at 0"]
+        );
+    }
+
+    fn updating(mut s: Service, started_ms: i64) -> Service {
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_ms,
+            completed_ms: 0,
+            message: String::new(),
+        });
+        s
+    }
+
+    #[test]
+    fn start_first_runs_the_new_task_before_stopping_the_old() {
+        let old = service(1);
+        let mut new = old.clone();
+        new.spec.image = "busybox:2".into();
+        new.spec.update.order = UpdateOrder::StartFirst;
+        let new = updating(new, 5);
+        let o = task(&old, "o", 1, TaskState::Running, 0);
+        assert_eq!(
+            summary(&reconcile(&new, std::slice::from_ref(&o), 10, &mut ids())),
+            vec!["create slot 1 at 0"]
+        );
+        let mut n = task(&new, "n", 1, TaskState::Starting, 10);
+        assert!(
+            reconcile(&new, &[o.clone(), n.clone()], 20, &mut ids()).is_empty(),
+            "the old task runs on while the new one starts"
+        );
+        n.status.state = TaskState::Running;
+        assert_eq!(
+            summary(&reconcile(&new, &[o, n.clone()], 30, &mut ids())),
+            vec!["shutdown o"]
+        );
+        assert_eq!(
+            summary(&reconcile(&new, &[n], 40, &mut ids())),
+            vec!["status Completed"]
+        );
+    }
+
+    #[test]
+    fn updates_go_in_batches_of_parallelism_with_a_delay_between() {
+        let old = service(3);
+        let mut new = old.clone();
+        new.spec.image = "busybox:2".into();
+        new.spec.update.order = UpdateOrder::StartFirst;
+        new.spec.update.parallelism = 2;
+        new.spec.update.delay_ms = 1000;
+        let new = updating(new, 5);
+        let olds: Vec<Task> = (1..=3)
+            .map(|i| task(&old, &format!("o{i}"), i, TaskState::Running, 0))
+            .collect();
+        assert_eq!(
+            summary(&reconcile(&new, &olds, 10, &mut ids())),
+            vec!["create slot 1 at 0", "create slot 2 at 0"]
+        );
+        let mut all = olds.clone();
+        let mut n1 = task(&new, "n1", 1, TaskState::Running, 10);
+        n1.status.timestamp_ms = 100;
+        let mut n2 = n1.clone();
+        n2.id = "n2".into();
+        n2.slot = 2;
+        all.extend([n1, n2]);
+        assert_eq!(
+            summary(&reconcile(&new, &all, 500, &mut ids())),
+            vec!["shutdown o1", "shutdown o2"],
+            "within the delay the third slot waits"
+        );
+        let later: Vec<Task> = all
+            .into_iter()
+            .filter(|t| t.id != "o1" && t.id != "o2")
+            .collect();
+        assert_eq!(
+            summary(&reconcile(&new, &later, 1200, &mut ids())),
+            vec!["create slot 3 at 0"]
+        );
+    }
+
+    #[test]
+    fn a_failed_update_pauses_or_rolls_back() {
+        let old = service(2);
+        let mut new = old.clone();
+        new.spec.image = "ghost".into();
+        let mut new = updating(new, 5);
+        new.previous_spec = Some(old.spec.clone());
+        let mut f = task(&new, "f", 1, TaskState::Failed, 10);
+        f.status.timestamp_ms = 20;
+        f.status.message = "no such image".into();
+        let o2 = task(&old, "o2", 2, TaskState::Running, 0);
+        let p = reconcile(&new, &[f.clone(), o2.clone()], 30, &mut ids());
+        assert_eq!(summary(&p)[0], "status Paused");
+        assert!(
+            !summary(&p).contains(&"shutdown o2".to_string()),
+            "a paused update replaces nothing more: {p:?}"
+        );
+        match &p[0] {
+            Proposal::UpdateStatus { status, .. } => {
+                assert!(status.message.contains("no such image"), "{status:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        new.spec.update.failure_action = UpdateFailureAction::Rollback;
+        f.spec = new.spec.clone();
+        let p = reconcile(&new, &[f.clone(), o2.clone()], 30, &mut ids());
+        assert_eq!(summary(&p)[0], "rollback svc");
+        new.update_status.as_mut().unwrap().state = UpdateState::Paused;
+        new.spec.update.failure_action = UpdateFailureAction::Pause;
+        f.spec = new.spec.clone();
+        let p = reconcile(&new, &[f, o2], 30, &mut ids());
+        assert!(
+            !summary(&p)
+                .iter()
+                .any(|s| s.starts_with("shutdown") || s.starts_with("status")),
+            "paused stays paused: {p:?}"
         );
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shoal_api::types::{NodeAvailability, ResourceAmounts, ServiceSpec};
+use shoal_api::types::{NodeAvailability, PublishMode, ResourceAmounts, ServiceSpec};
 
 use super::*;
 use crate::cluster::Timings;
@@ -37,6 +37,7 @@ fn node(id: &str) -> Node {
         hostname: id.into(),
         manager: false,
         ready: true,
+        status_message: String::new(),
         availability: NodeAvailability::Active,
         labels: Default::default(),
         os: "linux".into(),
@@ -58,6 +59,7 @@ fn service(replicas: u64) -> Service {
             ..Default::default()
         },
         previous_spec: None,
+        update_status: None,
     }
 }
 
@@ -220,6 +222,105 @@ async fn failed_tasks_are_replaced_after_the_delay_and_unplaceable_ones_say_why(
     assert_eq!(
         pending[0].status.message,
         "no suitable node (1 node: insufficient memory)"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_lost_node_run_elsewhere_and_host_ports_are_allocated() {
+    let (_d, s) = store().await;
+    put(&s, kinds::NODE, "n1", &node("n1")).await;
+    put(&s, kinds::NODE, "n2", &node("n2")).await;
+    let mut svc = service(2);
+    svc.spec.ports = vec![shoal_api::types::PortConfig {
+        target: 80,
+        published: 0,
+        protocol: shoal_api::types::PortProtocol::Tcp,
+        mode: PublishMode::Host,
+    }];
+    svc.spec.max_replicas_per_node = 1;
+    put(&s, kinds::SERVICE, "svc1", &svc).await;
+    let p = Pipeline::new(s.clone(), 1);
+    converge(&p, &s, 1_000, &[]).await;
+    let tasks: Vec<Task> = load::<Task>(&s, kinds::TASK)
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let mut ports: Vec<u16> = tasks.iter().map(|t| t.ports[0].published).collect();
+    ports.sort();
+    assert_eq!(
+        ports,
+        vec![30000, 30001],
+        "each task got its own dynamic port"
+    );
+    assert_eq!(running_per_node(&s).len(), 2);
+
+    // n2 stops heartbeating: its task is orphaned, and runs again on n1 once the
+    // per-node limit is lifted.
+    let mut down = node("n2");
+    down.ready = false;
+    down.status_message = "heartbeat failure".into();
+    put(&s, kinds::NODE, "n2", &down).await;
+    converge(&p, &s, 2_000, &[]).await;
+    let orphaned: Vec<Task> = load::<Task>(&s, kinds::TASK)
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| t.status.state == TaskState::Orphaned)
+        .collect();
+    assert_eq!(orphaned.len(), 1);
+    assert!(
+        orphaned[0].status.message.contains("heartbeat failure"),
+        "{:?}",
+        orphaned[0].status
+    );
+    assert_eq!(orphaned[0].desired_state, TaskState::Shutdown);
+    let mut unlimited = svc.clone();
+    unlimited.spec.max_replicas_per_node = 0;
+    put(&s, kinds::SERVICE, "svc1", &unlimited).await;
+    converge(&p, &s, 3_000, &[]).await;
+    assert_eq!(
+        running_per_node(&s),
+        BTreeMap::from([("n1".to_string(), 2)])
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_update_rolls_back_and_completes() {
+    use shoal_api::types::{UpdateFailureAction, UpdateState, UpdateStatus};
+    let (_d, s) = store().await;
+    put(&s, kinds::NODE, "n1", &node("n1")).await;
+    put(&s, kinds::NODE, "bad", &node("bad")).await;
+    let mut svc = service(2);
+    svc.spec.constraints = vec!["node.hostname==n1".into()];
+    put(&s, kinds::SERVICE, "svc1", &svc).await;
+    let p = Pipeline::new(s.clone(), 1);
+    converge(&p, &s, 1_000, &[]).await;
+    // The update can only run on the failing node.
+    let mut updated = svc.clone();
+    updated.previous_spec = Some(svc.spec.clone());
+    updated.spec.constraints = vec!["node.hostname==bad".into()];
+    updated.spec.update.failure_action = UpdateFailureAction::Rollback;
+    updated.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating,
+        started_ms: 1_500,
+        completed_ms: 0,
+        message: String::new(),
+    });
+    put(&s, kinds::SERVICE, "svc1", &updated).await;
+    for round in 0..12 {
+        converge(&p, &s, 2_000 + round, &["bad"]).await;
+    }
+    let (now, _) = load::<Service>(&s, kinds::SERVICE).unwrap().remove(0);
+    assert_eq!(now.spec.constraints, svc.spec.constraints, "rolled back");
+    let st = now.update_status.unwrap();
+    assert_eq!(st.state, UpdateState::RollbackCompleted, "{st:?}");
+    assert!(st.message.contains("update rolled back"), "{st:?}");
+    assert_eq!(
+        running_per_node(&s),
+        BTreeMap::from([("n1".to_string(), 2)])
     );
     s.shutdown().await;
 }

@@ -57,7 +57,10 @@ pub enum Command {
         expected_version: Option<u64>,
     },
     /// Several writes, all or none.
-    Batch(Vec<Command>),
+    Batch {
+        /// The writes, in order.
+        commands: Vec<Command>,
+    },
 }
 
 /// The outcome of a command.

@@ -132,7 +132,7 @@ impl StateMachine {
                     id,
                     expected_version,
                 } => (kind, id, expected_version),
-                Command::Batch(_) => continue,
+                Command::Batch { .. } => continue,
             };
             if let Some(expected) = expected {
                 let actual = match t.get(key(kind, id).as_str()).map_err(ws)? {
@@ -182,7 +182,7 @@ impl StateMachine {
                         version: index,
                     });
                 }
-                Command::Batch(_) => {}
+                Command::Batch { .. } => {}
             }
         }
         Ok(CommandResult::Applied(versions))
@@ -226,7 +226,7 @@ impl StateMachine {
 
 fn flatten<'a>(cmd: &'a Command, out: &mut Vec<&'a Command>) {
     match cmd {
-        Command::Batch(cs) => cs.iter().for_each(|c| flatten(c, out)),
+        Command::Batch { commands: cs } => cs.iter().for_each(|c| flatten(c, out)),
         other => out.push(other),
     }
 }

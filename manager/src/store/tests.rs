@@ -52,8 +52,18 @@ async fn versions_are_raft_indexes_and_conflicts_are_refused() {
             entry(2, put("web", Some(1))),
             entry(3, put("web", Some(1))),
             entry(4, put("db", Some(5))),
-            entry(5, Command::Batch(vec![put("a", None), put("web", Some(2))])),
-            entry(6, Command::Batch(vec![put("b", None), put("web", Some(2))])),
+            entry(
+                5,
+                Command::Batch {
+                    commands: vec![put("a", None), put("web", Some(2))],
+                },
+            ),
+            entry(
+                6,
+                Command::Batch {
+                    commands: vec![put("b", None), put("web", Some(2))],
+                },
+            ),
         ])
         .await
         .unwrap();
@@ -106,4 +116,27 @@ async fn state_survives_reopening() {
     let mut sm = StateMachine::open(&path).unwrap();
     assert_eq!(sm.get("service", "web").unwrap().unwrap().version, 7);
     assert_eq!(sm.applied_state().await.unwrap().0.unwrap().index, 7);
+}
+
+#[test]
+fn every_command_survives_the_log_encoding() {
+    // The log stores entries as JSON: a command that cannot be encoded would fail every
+    // write that carries it.
+    let cmds = vec![
+        put("a", Some(1)),
+        Command::Delete {
+            kind: "task".into(),
+            id: "t".into(),
+            expected_version: None,
+        },
+        Command::Batch {
+            commands: vec![put("a", None), Command::Batch { commands: vec![] }],
+        },
+    ];
+    for c in cmds {
+        let e = entry(7, c.clone());
+        let json = serde_json::to_vec(&e).expect("encodes");
+        let back: openraft::Entry<TypeConfig> = serde_json::from_slice(&json).expect("decodes");
+        assert_eq!(back.payload, openraft::EntryPayload::Normal(c));
+    }
 }

@@ -45,7 +45,7 @@ impl Engine {
             parse_signal(&record.spec.stop_signal)?
         };
         let timeout = timeout.unwrap_or_else(|| {
-            if record.spec.stop_timeout_secs > 0 {
+            if record.spec.stop_timeout_secs >= 0 {
                 Duration::from_secs(record.spec.stop_timeout_secs as u64)
             } else {
                 DEFAULT_STOP_TIMEOUT
