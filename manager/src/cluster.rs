@@ -1,20 +1,24 @@
 //! A manager's Raft node: openraft over our redb storage, with writes that return the
 //! store's own result type and reads served from the local state machine. The network to
-//! other managers arrives with multi-host (issue 4); until then a node can only form a
-//! one-manager cluster, and any attempt to reach a peer fails as unreachable.
+//! other managers is any [`RaftNetworkFactory`]: [`memnet`] joins managers inside one
+//! process (the in-process cluster tests); the cluster port's gRPC transport arrives with
+//! multi-host. [`NoPeers`] serves a one-manager cluster.
 
-use std::collections::BTreeMap;
+pub mod memnet;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{ClientWriteError, ForwardToLeader};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, Config, Raft};
+use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::broadcast;
 
 use crate::store::{
@@ -38,6 +42,41 @@ pub enum ClusterError {
     /// A read failed.
     #[error("reading the cluster store: {0}")]
     Read(String),
+    /// This manager does not lead; writes go to the leader.
+    #[error("{}", not_leader_message(*.leader, .addr))]
+    NotLeader {
+        /// The leader's Raft id, if one is known.
+        leader: Option<u64>,
+        /// Its address, if known.
+        addr: Option<String>,
+    },
+}
+
+fn not_leader_message(leader: Option<u64>, addr: &Option<String>) -> String {
+    match (leader, addr) {
+        (Some(id), Some(addr)) => {
+            format!("this manager is not the leader: manager {id} at {addr} is")
+        }
+        (Some(id), None) => format!("this manager is not the leader: manager {id} is"),
+        _ => "no manager leads the cluster right now (an election is under way, or too few \
+              managers are reachable for a quorum): try again in a moment"
+            .to_string(),
+    }
+}
+
+fn write_error(
+    e: openraft::error::RaftError<u64, ClientWriteError<u64, BasicNode>>,
+) -> ClusterError {
+    match e.forward_to_leader::<BasicNode>() {
+        Some(ForwardToLeader {
+            leader_id,
+            leader_node,
+        }) => ClusterError::NotLeader {
+            leader: *leader_id,
+            addr: leader_node.as_ref().map(|n| n.addr.clone()),
+        },
+        None => ClusterError::Raft(e.to_string()),
+    }
 }
 
 /// Raft timings. The defaults favour fast failover on a LAN: a leader is suspected after
@@ -118,12 +157,26 @@ pub struct ClusterStore {
 }
 
 impl ClusterStore {
-    /// Opens the store under `dir` (log and state in redb files) as node `id`.
+    /// Opens the store under `dir` (log and state in redb files) as node `id` of a
+    /// one-manager cluster.
     pub async fn open(
         dir: &Path,
         id: u64,
         timings: &Timings,
     ) -> Result<ClusterStore, ClusterError> {
+        Self::open_with(dir, id, timings, NoPeers).await
+    }
+
+    /// Opens the store under `dir` as node `id`, reaching other managers through `network`.
+    pub async fn open_with<N>(
+        dir: &Path,
+        id: u64,
+        timings: &Timings,
+        network: N,
+    ) -> Result<ClusterStore, ClusterError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
         let open_err = |e: &dyn std::fmt::Display| ClusterError::Open {
             path: dir.display().to_string(),
             message: e.to_string(),
@@ -140,32 +193,112 @@ impl ClusterStore {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(format!("invalid Raft timings: {e}")))?;
-        let raft = Raft::new(id, Arc::new(config), NoPeers, log, state.clone())
+        let raft = Raft::new(id, Arc::new(config), network, log, state.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         Ok(ClusterStore { id, raft, state })
     }
 
-    /// Makes this node a one-manager cluster, unless it already belongs to one, and waits
-    /// until it leads.
+    /// This manager's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The Raft node, for the transport that delivers other managers' calls to it.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The leader as this node last heard, and its address.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((id, addr))
+    }
+
+    /// Whether this node leads now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Follows this node's Raft state: yields whether it leads, at once and on every change.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        let mut metrics = self.raft.metrics();
+        let (tx, rx) = tokio::sync::watch::channel(self.is_leader());
+        tokio::spawn(async move {
+            loop {
+                let leads = metrics.borrow_and_update().state == ServerState::Leader;
+                tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+
+    /// The managers that vote, and those that only follow the log.
+    pub fn members(&self) -> (BTreeSet<u64>, BTreeSet<u64>) {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners = membership.learner_ids().collect();
+        (voters, learners)
+    }
+
+    /// Adds manager `id` at `addr` as a learner and waits until it has caught up.
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), ClusterError> {
+        self.raft
+            .add_learner(
+                id,
+                BasicNode {
+                    addr: addr.to_string(),
+                },
+                true,
+            )
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
+    /// Makes exactly `voters` the voting managers (learners already added).
+    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), ClusterError> {
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
+    /// Makes this node a one-manager cluster and waits until it leads; a node that belongs
+    /// to a cluster already is left to its election.
     pub async fn bootstrap(&self, addr: &str) -> Result<(), ClusterError> {
         let initialized = self
             .raft
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if !initialized {
-            let members = BTreeMap::from([(
-                self.id,
-                BasicNode {
-                    addr: addr.to_string(),
-                },
-            )]);
-            self.raft
-                .initialize(members)
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if initialized {
+            // A member already: it leads again, or follows, as the election decides.
+            return Ok(());
         }
+        let members = BTreeMap::from([(
+            self.id,
+            BasicNode {
+                addr: addr.to_string(),
+            },
+        )]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
         self.raft
             .wait(Some(Duration::from_secs(10)))
             .current_leader(self.id, "becoming the leader")
@@ -174,13 +307,25 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// Waits until some manager leads (this one or another), up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| ClusterError::Raft(format!("no leader: {e}")))?;
+        m.current_leader
+            .ok_or_else(|| ClusterError::Raft("no leader".into()))
+    }
+
     /// Commits a write through Raft and returns its result.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
         self.raft
             .client_write(cmd)
             .await
             .map(|r| r.data)
-            .map_err(|e| ClusterError::Raft(e.to_string()))
+            .map_err(write_error)
     }
 
     /// Reads one object from the local state.
@@ -261,6 +406,10 @@ mod tests {
             }
         };
         store.bootstrap("127.0.0.1:4242").await.unwrap();
+        assert_eq!(
+            store.wait_for_leader(Duration::from_secs(5)).await.unwrap(),
+            1
+        );
         assert_eq!(
             store.get("service", "web").unwrap().unwrap().value["replicas"],
             3

@@ -72,8 +72,9 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Opens the manager state under `dir`, leads a one-manager cluster, and starts the
-    /// leader pipeline and the heartbeat watch.
+    /// Opens the manager state under `dir`, leads a one-manager cluster (or takes part in
+    /// the election of the cluster it belongs to), and runs the leader's work whenever it
+    /// leads.
     pub async fn start(
         dir: PathBuf,
         node: SelfNode,
@@ -81,49 +82,96 @@ impl Manager {
     ) -> Result<Arc<Manager>, ClusterError> {
         let store = Arc::new(ClusterStore::open(&dir, 1, &Timings::default()).await?);
         store.bootstrap("local").await?;
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        Ok(Manager::run(store, node, options))
+    }
+
+    /// A manager over an open store: while it leads, it runs the leader pipeline and
+    /// watches the nodes' heartbeats; when it stops leading, both stop.
+    pub fn run(store: Arc<ClusterStore>, node: SelfNode, options: ManagerOptions) -> Arc<Manager> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let m = Arc::new(Manager {
-            store: store.clone(),
-            node: node.clone(),
+            store,
+            node,
             options,
             stop,
             deadlines: Default::default(),
         });
-        m.register(&pd::SessionRequest {
-            node_id: node.id.clone(),
-            hostname: node.hostname.clone(),
+        let leader = m.clone();
+        tokio::spawn(async move { leader.follow_leadership(stopped).await });
+        m
+    }
+
+    /// Runs the leader's work in each term this manager leads.
+    async fn follow_leadership(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let mut leads = self.store.leadership();
+        loop {
+            if *leads.borrow_and_update() {
+                let (end, ended) = tokio::sync::watch::channel(false);
+                let term = self.clone();
+                let work = tokio::spawn(async move { term.lead(ended).await });
+                let quit = tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => true,
+                    _ = leads.wait_for(|l| !*l) => false,
+                };
+                if quit {
+                    let _ = end.send(true);
+                    let _ = work.await;
+                    return;
+                }
+                let _ = end.send(true);
+                let _ = work.await;
+                tracing::info!("this manager no longer leads");
+            }
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                changed = leads.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// One term as the leader: the pipeline and the heartbeat watch, until `ended`.
+    async fn lead(self: Arc<Self>, ended: tokio::sync::watch::Receiver<bool>) {
+        tracing::info!("this manager leads the cluster");
+        let me = pd::SessionRequest {
+            node_id: self.node.id.clone(),
+            hostname: self.node.hostname.clone(),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
-            nano_cpus: node.resources.nano_cpus,
-            memory_bytes: node.resources.memory_bytes,
-        })
-        .await?;
+            nano_cpus: self.node.resources.nano_cpus,
+            memory_bytes: self.node.resources.memory_bytes,
+        };
+        if let Err(e) = self.register(&me).await {
+            tracing::warn!("recording this manager's node: {e}");
+        }
         // Every known node gets a full timeout from now to show up again (a new leader
         // does not know when they last spoke).
-        let grace = tokio::time::Instant::now() + options.heartbeat_timeout();
-        for (id, _) in store.list(kinds::NODE)? {
-            m.deadlines_mut().insert(id, grace);
-        }
-        let pipeline = Pipeline::new(store, 1);
-        let mut stopped2 = stopped.clone();
-        tokio::spawn(async move {
-            pipeline
-                .run(Duration::from_millis(500), async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-        let watch = m.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(watch.options.heartbeat_period / 4);
-            loop {
-                tokio::select! {
-                    _ = stopped2.changed() => return,
-                    _ = tick.tick() => watch.mark_silent_nodes_down().await,
+        let grace = tokio::time::Instant::now() + self.options.heartbeat_timeout();
+        match self.store.list(kinds::NODE) {
+            Ok(nodes) => {
+                let mut deadlines = self.deadlines_mut();
+                for (id, _) in nodes {
+                    deadlines.entry(id).or_insert(grace);
                 }
             }
+            Err(e) => tracing::warn!("reading the nodes: {e}"),
+        }
+        let pipeline = Pipeline::new(self.store.clone(), self.store.id());
+        let mut end1 = ended.clone();
+        let mut end2 = ended;
+        let run = pipeline.run(Duration::from_millis(500), async move {
+            let _ = end1.wait_for(|s| *s).await;
         });
-        Ok(m)
+        let watch = async {
+            let mut tick = tokio::time::interval(self.options.heartbeat_period / 4);
+            loop {
+                tokio::select! {
+                    _ = async { let _ = end2.wait_for(|s| *s).await; } => return,
+                    _ = tick.tick() => self.mark_silent_nodes_down().await,
+                }
+            }
+        };
+        tokio::join!(run, watch);
+        self.deadlines_mut().clear();
     }
 
     /// Stops the pipeline and the Raft node.
@@ -306,6 +354,33 @@ impl ManagerService {
         Ok(svc)
     }
 
+    /// The services of a manager that runs already (in-process clusters).
+    pub fn serving(m: Arc<Manager>) -> ManagerService {
+        ManagerService {
+            dir: PathBuf::new(),
+            node: m.node.clone(),
+            options: m.options,
+            manager: Arc::new(RwLock::new(Some(m))),
+            on_active: Arc::new(|| {}),
+        }
+    }
+
+    /// The manager, if it leads: agents' sessions, heartbeats and status go to the leader,
+    /// which alone knows every node's deadline.
+    async fn leading(&self) -> Result<Arc<Manager>, Status> {
+        let m = self.active().await?;
+        if !m.store.is_leader() {
+            let (leader, addr) = match m.store.leader() {
+                Some((id, addr)) => (Some(id), Some(addr)),
+                None => (None, None),
+            };
+            return Err(Status::unavailable(
+                ClusterError::NotLeader { leader, addr }.to_string(),
+            ));
+        }
+        Ok(m)
+    }
+
     async fn active(&self) -> Result<Arc<Manager>, Status> {
         self.manager.read().await.clone().ok_or_else(|| {
             Status::failed_precondition(
@@ -462,7 +537,7 @@ impl Control for ManagerService {
             swarm_active: true,
             node_id: self.node.id.clone(),
             manager: true,
-            leader: 1,
+            leader: m.store.leader().map(|(id, _)| id).unwrap_or(0),
             managers: managers as u32,
             nodes: nodes.len() as u32,
             services: m.store.list(kinds::SERVICE).map_err(internal)?.len() as u32,
@@ -752,7 +827,7 @@ impl Dispatcher for ManagerService {
         &self,
         r: Request<pd::SessionRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        let m = self.active().await?;
+        let m = self.leading().await?;
         let session = r.into_inner();
         if session.node_id.is_empty() {
             return Err(Status::invalid_argument("a session needs the node's id"));
@@ -760,6 +835,7 @@ impl Dispatcher for ManagerService {
         m.register(&session).await.map_err(internal)?;
         let node_id = session.node_id;
         let mut events = m.store.subscribe();
+        let mut leads = m.store.leadership();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut last: Vec<(String, u64)> = Vec::new();
@@ -788,8 +864,17 @@ impl Dispatcher for ManagerService {
                         break;
                     }
                 }
+                if !*leads.borrow_and_update() {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "this manager stopped leading: open the session again with the leader",
+                        )))
+                        .await;
+                    break;
+                }
                 tokio::select! {
                     e = events.recv() => if matches!(e, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break },
+                    _ = leads.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = tx.closed() => break,
                 }
@@ -806,7 +891,7 @@ impl Dispatcher for ManagerService {
         &self,
         r: Request<pd::HeartbeatRequest>,
     ) -> Result<Response<pd::HeartbeatReply>, Status> {
-        let m = self.active().await?;
+        let m = self.leading().await?;
         let node_id = r.into_inner().node_id;
         if !m.heartbeat(&node_id).await.map_err(internal)? {
             return Err(Status::not_found(format!(
@@ -822,7 +907,7 @@ impl Dispatcher for ManagerService {
         &self,
         r: Request<pd::StatusBatch>,
     ) -> Result<Response<pd::StatusReply>, Status> {
-        let m = self.active().await?;
+        let m = self.leading().await?;
         let updates = r.into_inner().updates;
         let mut commands = Vec::new();
         for u in &updates {
