@@ -140,7 +140,7 @@ impl Manager {
             nano_cpus: self.node.resources.nano_cpus,
             memory_bytes: self.node.resources.memory_bytes,
         };
-        if let Err(e) = self.register(&me).await {
+        if let Err(e) = self.register(&me, false).await {
             tracing::warn!("recording this manager's node: {e}");
         }
         // Every known node gets a full timeout from now to show up again (a new leader
@@ -184,61 +184,80 @@ impl Manager {
         self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a node's session: its description, and that it is ready.
-    async fn register(&self, session: &pd::SessionRequest) -> Result<(), ClusterError> {
-        let existing = self.store.get(kinds::NODE, &session.node_id)?;
-        let (mut node, expected) = match &existing {
-            Some(v) => (
-                serde_json::from_value::<Node>(v.value.clone())
-                    .map_err(|e| ClusterError::Read(e.to_string()))?,
-                v.version,
-            ),
-            None => (
-                Node {
-                    id: session.node_id.clone(),
-                    hostname: String::new(),
-                    manager: session.node_id == self.node.id,
-                    ready: false,
-                    status_message: String::new(),
-                    availability: NodeAvailability::Active,
-                    labels: Default::default(),
-                    os: String::new(),
-                    arch: String::new(),
-                    resources: ResourceAmounts::default(),
-                },
-                0,
-            ),
-        };
-        let before = node.clone();
-        node.hostname = session.hostname.clone();
-        node.os = session.os.clone();
-        node.arch = session.arch.clone();
-        node.resources = ResourceAmounts {
-            nano_cpus: session.nano_cpus,
-            memory_bytes: session.memory_bytes,
-        };
-        if session.node_id != self.node.id || existing.is_some() {
-            // The manager's own record is created not ready; its agent's session makes
-            // it ready like any other node's.
-            node.ready = true;
-            node.status_message.clear();
+    /// Records a node's session: its description, and that it is ready. A manager also
+    /// records its own node when it starts leading (`from_agent` false): created not
+    /// ready, so that no task goes there before its agent reports in, and otherwise left
+    /// as its agent last described it.
+    async fn register(
+        &self,
+        session: &pd::SessionRequest,
+        from_agent: bool,
+    ) -> Result<(), ClusterError> {
+        // A concurrent write to the record (the other kind of registration, a node update)
+        // makes this one read and try again.
+        for _ in 0..10 {
+            let existing = self.store.get(kinds::NODE, &session.node_id)?;
+            if existing.is_some() && !from_agent {
+                return Ok(());
+            }
+            let (mut node, expected) = match &existing {
+                Some(v) => (
+                    serde_json::from_value::<Node>(v.value.clone())
+                        .map_err(|e| ClusterError::Read(e.to_string()))?,
+                    v.version,
+                ),
+                None => (
+                    Node {
+                        id: session.node_id.clone(),
+                        hostname: String::new(),
+                        manager: session.node_id == self.node.id,
+                        ready: false,
+                        status_message: String::new(),
+                        availability: NodeAvailability::Active,
+                        labels: Default::default(),
+                        os: String::new(),
+                        arch: String::new(),
+                        resources: ResourceAmounts::default(),
+                    },
+                    0,
+                ),
+            };
+            let before = node.clone();
+            node.hostname = session.hostname.clone();
+            node.os = session.os.clone();
+            node.arch = session.arch.clone();
+            node.resources = ResourceAmounts {
+                nano_cpus: session.nano_cpus,
+                memory_bytes: session.memory_bytes,
+            };
+            if from_agent {
+                node.ready = true;
+                node.status_message.clear();
+                self.deadlines_mut().insert(
+                    node.id.clone(),
+                    tokio::time::Instant::now() + self.options.heartbeat_timeout(),
+                );
+            }
+            if node == before && existing.is_some() {
+                return Ok(());
+            }
+            let written = self
+                .store
+                .write(Command::Put {
+                    kind: kinds::NODE.into(),
+                    id: node.id.clone(),
+                    value: serde_json::to_value(&node).unwrap_or_default(),
+                    expected_version: Some(expected),
+                })
+                .await?;
+            if !matches!(written, CommandResult::Conflict { .. }) {
+                return Ok(());
+            }
         }
-        self.deadlines_mut().insert(
-            node.id.clone(),
-            tokio::time::Instant::now() + self.options.heartbeat_timeout(),
-        );
-        if node == before && existing.is_some() {
-            return Ok(());
-        }
-        self.store
-            .write(Command::Put {
-                kind: kinds::NODE.into(),
-                id: node.id.clone(),
-                value: serde_json::to_value(&node).unwrap_or_default(),
-                expected_version: Some(expected),
-            })
-            .await?;
-        Ok(())
+        Err(ClusterError::Raft(format!(
+            "node {} changed ten times while it was being recorded",
+            session.node_id
+        )))
     }
 
     /// Marks down every ready node whose heartbeat is overdue.
@@ -285,6 +304,11 @@ impl Manager {
             })
             .await?;
         Ok(())
+    }
+
+    /// Whether the node is known and ready.
+    fn node_ready(&self, id: &str) -> bool {
+        matches!(self.store.get(kinds::NODE, id), Ok(Some(v)) if v.value["ready"] == true)
     }
 
     /// A heartbeat from `node_id`: due again within the timeout.
@@ -511,9 +535,14 @@ impl Control for ManagerService {
         let m = Manager::start(self.dir.clone(), self.node.clone(), self.options)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        *guard = Some(m);
+        *guard = Some(m.clone());
         drop(guard);
         (self.on_active)();
+        // The cluster is ready for services once this node's agent has reported in.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !m.node_ready(&self.node.id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(Response::new(pc::InitReply {
             node_id: self.node.id.clone(),
             cluster_id: self.node.id.clone(),
@@ -832,7 +861,7 @@ impl Dispatcher for ManagerService {
         if session.node_id.is_empty() {
             return Err(Status::invalid_argument("a session needs the node's id"));
         }
-        m.register(&session).await.map_err(internal)?;
+        m.register(&session, true).await.map_err(internal)?;
         let node_id = session.node_id;
         let mut events = m.store.subscribe();
         let mut leads = m.store.leadership();
@@ -977,7 +1006,7 @@ mod tests {
             nano_cpus: 1_000_000_000,
             memory_bytes: 1 << 30,
         };
-        m.register(&session).await.unwrap();
+        m.register(&session, true).await.unwrap();
         for _ in 0..6 {
             assert!(m.heartbeat("w1").await.unwrap());
             tokio::time::sleep(Duration::from_millis(40)).await;
