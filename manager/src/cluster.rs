@@ -346,7 +346,38 @@ impl ClusterStore {
     pub fn subscribe(&self) -> broadcast::Receiver<ObjectEvent> {
         self.state.subscribe()
     }
+}
 
+/// Waits for the next change, then lets a burst of changes settle (`quiet` with none) and
+/// takes them all at once: a reader that reads the whole store per wake-up does so once
+/// per burst, not once per object. Returns false when the stream has ended.
+pub async fn next_changes(events: &mut broadcast::Receiver<ObjectEvent>, quiet: Duration) -> bool {
+    use broadcast::error::{RecvError, TryRecvError};
+    if let Err(RecvError::Closed) = events.recv().await {
+        return false;
+    }
+    loop {
+        tokio::time::sleep(quiet).await;
+        let mut any = false;
+        loop {
+            match events.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => any = true,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return false,
+            }
+        }
+        if !any {
+            return true;
+        }
+    }
+}
+
+/// Drops the changes already queued (the reader is about to read everything anyway).
+pub fn skip_changes(events: &mut broadcast::Receiver<ObjectEvent>) {
+    while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
+}
+
+impl ClusterStore {
     /// Stops the Raft node.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;

@@ -449,6 +449,8 @@ impl Pipeline {
         let mut events = self.store.subscribe();
         tokio::pin!(stop);
         loop {
+            // The pass reads the whole store: what is queued now, it sees.
+            crate::cluster::skip_changes(&mut events);
             let now_ms = now_ms();
             match self.reconcile(now_ms).await {
                 Ok(r) if r.changed() => continue,
@@ -457,7 +459,7 @@ impl Pipeline {
             }
             tokio::select! {
                 _ = &mut stop => return,
-                _ = events.recv() => {}
+                _ = crate::cluster::next_changes(&mut events, Duration::from_millis(2)) => {}
                 _ = tokio::time::sleep(tick) => {}
             }
         }

@@ -868,7 +868,11 @@ impl Dispatcher for ManagerService {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut last: Vec<(String, u64)> = Vec::new();
-            while let Ok(tasks) = m.store.list(kinds::TASK) {
+            loop {
+                crate::cluster::skip_changes(&mut events);
+                let Ok(tasks) = m.store.list(kinds::TASK) else {
+                    break;
+                };
                 let mine: Vec<(String, Versioned)> = tasks
                     .into_iter()
                     .filter(|(_, v)| {
@@ -902,7 +906,7 @@ impl Dispatcher for ManagerService {
                     break;
                 }
                 tokio::select! {
-                    e = events.recv() => if matches!(e, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break },
+                    open = crate::cluster::next_changes(&mut events, Duration::from_millis(2)) => if !open { break },
                     _ = leads.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = tx.closed() => break,

@@ -1,10 +1,13 @@
 //! The state machine: versioned objects in redb (table `objects`, key `kind/id`), with the
 //! last applied log id and the membership beside them, and the current snapshot kept whole.
+//! Every object is also kept decoded in memory, so that reads (the leader reads the whole
+//! store on every pass) parse no JSON.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -46,6 +49,8 @@ pub struct StateMachine {
     db: Arc<Database>,
     events: broadcast::Sender<ObjectEvent>,
     snapshots: Arc<AtomicU64>,
+    /// The objects table, decoded: key `kind/id`.
+    cache: Arc<RwLock<BTreeMap<String, Versioned>>>,
 }
 
 fn key(kind: &str, id: &str) -> String {
@@ -61,11 +66,31 @@ impl StateMachine {
         tx.open_table(SM_META)?;
         tx.open_table(SNAPSHOT)?;
         tx.commit()?;
+        let mut cache = BTreeMap::new();
+        {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(OBJECTS)?;
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let object: Versioned = serde_json::from_slice(v.value())
+                    .map_err(|e| redb::Error::Corrupted(format!("object {}: {e}", k.value())))?;
+                cache.insert(k.value().to_string(), object);
+            }
+        }
         Ok(StateMachine {
             db: Arc::new(db),
             events: broadcast::channel(4096).0,
             snapshots: Arc::new(AtomicU64::new(0)),
+            cache: Arc::new(RwLock::new(cache)),
         })
+    }
+
+    fn cache(&self) -> RwLockReadGuard<'_, BTreeMap<String, Versioned>> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cache_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Versioned>> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Follows applied changes.
@@ -75,26 +100,19 @@ impl StateMachine {
 
     /// Reads one object.
     pub fn get(&self, kind: &str, id: &str) -> Result<Option<Versioned>> {
-        let tx = self.db.begin_read().map_err(rs)?;
-        let t = tx.open_table(OBJECTS).map_err(rs)?;
-        match t.get(key(kind, id).as_str()).map_err(rs)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(rs)?)),
-            None => Ok(None),
-        }
+        Ok(self.cache().get(&key(kind, id)).cloned())
     }
 
     /// Every object of a kind, by id.
     pub fn list(&self, kind: &str) -> Result<Vec<(String, Versioned)>> {
         let prefix = format!("{kind}/");
-        let tx = self.db.begin_read().map_err(rs)?;
-        let t = tx.open_table(OBJECTS).map_err(rs)?;
+        let cache = self.cache();
         let mut out = Vec::new();
-        for item in t.range(prefix.as_str()..).map_err(rs)? {
-            let (k, v) = item.map_err(rs)?;
-            let Some(id) = k.value().strip_prefix(&prefix).map(String::from) else {
+        for (k, v) in cache.range(prefix.clone()..) {
+            let Some(id) = k.strip_prefix(&prefix) else {
                 break;
             };
-            out.push((id, serde_json::from_slice(v.value()).map_err(rs)?));
+            out.push((id.to_string(), v.clone()));
         }
         Ok(out)
     }
@@ -302,6 +320,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         tx.commit().map_err(ws)?;
+        {
+            let mut cache = self.cache_mut();
+            for e in &events {
+                match e {
+                    ObjectEvent::Put { kind, id, object } => {
+                        cache.insert(key(kind, id), object.clone());
+                    }
+                    ObjectEvent::Deleted { kind, id, .. } => {
+                        cache.remove(&key(kind, id));
+                    }
+                    ObjectEvent::Reset => {}
+                }
+            }
+        }
         for e in events {
             // Nobody listening is fine.
             let _ = self.events.send(e);
@@ -341,6 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             m.insert("membership", mem.as_slice()).map_err(ws)?;
         }
         tx.commit().map_err(ws)?;
+        *self.cache_mut() = data.objects.into_iter().collect();
         self.save_snapshot(meta, &raw)?;
         let _ = self.events.send(ObjectEvent::Reset);
         Ok(())
