@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/engine.proto",
                 "proto/control.proto",
                 "proto/dispatcher.proto",
+                "proto/raft.proto",
             ],
             &["proto"],
         )?;

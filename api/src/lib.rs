@@ -20,3 +20,9 @@ pub mod engine {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("shoal.engine.v1");
 }
+
+/// Between managers: Raft's messages, and joining the cluster.
+pub mod raft {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("shoal.raft.v1");
+}

@@ -444,6 +444,9 @@ pub struct Node {
     pub arch: String,
     /// What it offers tasks.
     pub resources: ResourceAmounts,
+    /// Where other nodes reach it (host:port of its cluster port; managers only).
+    #[serde(default)]
+    pub addr: String,
 }
 
 #[cfg(test)]

@@ -11,12 +11,13 @@ use shoal_api::control::control_server::ControlServer;
 use shoal_api::dispatcher::SessionRequest;
 use shoal_api::dispatcher::dispatcher_server::DispatcherServer;
 use shoal_api::types::{Node, ResourceAmounts};
-use shoal_manager::server::{ManagerOptions, ManagerService, SelfNode};
+use shoal_manager::server::{ManagerOptions, ManagerService, PortDefaults, SelfNode};
 use shoal_worker::agent::Agent;
 use shoal_worker::daemon::DaemonError;
 use shoal_worker::engine::Engine;
 use tonic::transport::{Endpoint, Uri};
 
+use crate::UsageError;
 use crate::client::{Host, connect};
 use crate::image_cmd::status;
 use crate::output;
@@ -70,6 +71,7 @@ pub async fn manager_routes(
     node: SelfNode,
     dir: PathBuf,
     run_root: PathBuf,
+    port_defaults: PortDefaults,
 ) -> Result<Option<tonic::service::Routes>, DaemonError> {
     let socket = shoal_worker::daemon::socket_path(&run_root);
     let session = SessionRequest {
@@ -96,9 +98,15 @@ pub async fn manager_routes(
             tokio::spawn(Agent::new(engine, channel, session).run());
         });
     });
-    let svc = ManagerService::new(dir, node, ManagerOptions::default(), on_active)
-        .await
-        .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
+    let svc = ManagerService::new(
+        dir,
+        node,
+        ManagerOptions::default(),
+        port_defaults,
+        on_active,
+    )
+    .await
+    .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
     Ok(Some(
         tonic::service::Routes::new(ControlServer::new(svc.clone()))
             .add_service(DispatcherServer::new(svc)),
@@ -106,10 +114,25 @@ pub async fn manager_routes(
 }
 
 /// `shoal init`.
-pub async fn init(host: &Host) -> anyhow::Result<()> {
+pub async fn init(
+    host: &Host,
+    listen_addr: Option<String>,
+    advertise_addr: Option<String>,
+) -> anyhow::Result<()> {
+    // Bad addresses are usage errors, found before the daemon is asked.
+    let usage = |e: shoal_manager::port::PortError| UsageError(e.to_string());
+    if let Some(a) = &listen_addr {
+        shoal_manager::port::parse_addr("--listen-addr", a).map_err(usage)?;
+    }
+    if let Some(a) = &advertise_addr {
+        shoal_manager::port::parse_addr("--advertise-addr", a).map_err(usage)?;
+    }
     let mut c = ControlClient::new(connect(host).await?);
     let r = c
-        .init(pc::InitRequest::default())
+        .init(pc::InitRequest {
+            listen_addr: listen_addr.unwrap_or_default(),
+            advertise_addr: advertise_addr.unwrap_or_default(),
+        })
         .await
         .map_err(status)?
         .into_inner();
@@ -117,7 +140,45 @@ pub async fn init(host: &Host) -> anyhow::Result<()> {
         "Cluster initialized: this node ({}) is now its manager.",
         r.node_id
     );
+    let t = c
+        .join_token(pc::JoinTokenRequest {
+            role: "worker".into(),
+            rotate: false,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!(
+        "To add a worker, run on it:\n    shoal join --token {} {}",
+        t.token, t.manager_addr
+    );
+    println!("To add a manager: \"shoal join-token manager\" prints the command.");
     println!("Create a service with: shoal service create --name web busybox sleep 1000");
+    Ok(())
+}
+
+/// `shoal join-token worker|manager`.
+pub async fn join_token(host: &Host, role: &str, rotate: bool, quiet: bool) -> anyhow::Result<()> {
+    let mut c = ControlClient::new(connect(host).await?);
+    let t = c
+        .join_token(pc::JoinTokenRequest {
+            role: role.into(),
+            rotate,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if quiet {
+        println!("{}", t.token);
+        return Ok(());
+    }
+    if rotate {
+        println!("The {role} join token was rotated: the old one no longer works.");
+    }
+    println!(
+        "To add a {role} to this cluster, run on it:\n    shoal join --token {} {}",
+        t.token, t.manager_addr
+    );
     Ok(())
 }
 
@@ -138,6 +199,9 @@ pub async fn info(host: &Host, json: bool) -> anyhow::Result<()> {
             "nodes": r.nodes,
             "services": r.services,
             "tasks_running": r.tasks_running,
+            "advertise_addr": r.advertise_addr,
+            "listen_addr": r.listen_addr,
+            "ca_fingerprint": r.ca_fingerprint,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -153,6 +217,15 @@ pub async fn info(host: &Host, json: bool) -> anyhow::Result<()> {
     println!(" Nodes: {}", r.nodes);
     println!(" Services: {}", r.services);
     println!(" Tasks running: {}", r.tasks_running);
+    if !r.advertise_addr.is_empty() {
+        println!(
+            " Cluster port: {} (listening on {})",
+            r.advertise_addr, r.listen_addr
+        );
+    }
+    if !r.ca_fingerprint.is_empty() {
+        println!(" CA fingerprint: sha256:{}", r.ca_fingerprint);
+    }
     Ok(())
 }
 

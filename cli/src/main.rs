@@ -78,7 +78,28 @@ enum Command {
     #[command(subcommand)]
     Container(container_cmd::ContainerCommand),
     /// Make this node the first manager of a new cluster.
-    Init,
+    Init {
+        /// Where the cluster port listens: IP, IP:PORT or :PORT (default: the daemon's
+        /// --listen-addr, 0.0.0.0:4242).
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// The address other nodes reach this one at (default: the listening address, or
+        /// this host's first non-loopback IPv4 address).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+    },
+    /// Print the token a node joins the cluster with.
+    JoinToken {
+        /// `worker` or `manager`.
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+        /// Make a new token; the old one stops working.
+        #[arg(long)]
+        rotate: bool,
+        /// Print the token only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Show the cluster and this node's part in it.
     Info {
         /// `text` (default) or `json`.
@@ -187,6 +208,13 @@ struct DaemonArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info,openraft=warn")]
     log_level: String,
+    /// Where a manager's cluster port listens: IP, IP:PORT or :PORT.
+    #[arg(long, default_value = "0.0.0.0:4242")]
+    listen_addr: String,
+    /// The address other nodes reach this one at (default: the listening address, or this
+    /// host's first non-loopback IPv4 address).
+    #[arg(long)]
+    advertise_addr: Option<String>,
 }
 
 fn main() {
@@ -242,7 +270,15 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Daemon(_) | Command::Dev(_) => unreachable!("handled before"),
         Command::Image(c) => image_cmd::run(&host, c).await,
         Command::Container(c) => container_cmd::run(&host, c).await,
-        Command::Init => cluster_cmd::init(&host).await,
+        Command::Init {
+            listen_addr,
+            advertise_addr,
+        } => cluster_cmd::init(&host, listen_addr, advertise_addr).await,
+        Command::JoinToken {
+            role,
+            rotate,
+            quiet,
+        } => cluster_cmd::join_token(&host, &role, rotate, quiet).await,
         Command::Info { format } => cluster_cmd::info(&host, format == "json").await,
         Command::Service(c) => service_cmd::run(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {
@@ -298,6 +334,9 @@ async fn dev(a: dev_cmd::DevArgs) -> anyhow::Result<()> {
         cgroup_parent: "shoal-dev".into(),
         insecure_registries: Vec::new(),
         log_level: "warn".into(),
+        // A one-node cluster nobody joins: the cluster port on loopback, any free port.
+        listen_addr: "127.0.0.1:0".into(),
+        advertise_addr: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(run_daemon(args, async move {
@@ -354,10 +393,22 @@ async fn run_daemon(
         cgroup_parent: a.cgroup_parent,
         insecure_registries: a.insecure_registries,
     };
+    let usage = |e: shoal_manager::port::PortError| UsageError(e.to_string());
+    let port_defaults = shoal_manager::server::PortDefaults {
+        listen: shoal_manager::port::parse_addr("--listen-addr", &a.listen_addr).map_err(usage)?,
+        advertise: a
+            .advertise_addr
+            .as_deref()
+            .map(|v| shoal_manager::port::parse_addr("--advertise-addr", v))
+            .transpose()
+            .map_err(usage)?,
+    };
     let node = cluster_cmd::self_node(&opts.data_root)?;
     let run_root = opts.run_root.clone();
     let manager_dir = opts.data_root.join("manager");
-    let extend = move |engine| cluster_cmd::manager_routes(engine, node, manager_dir, run_root);
+    let extend = move |engine| {
+        cluster_cmd::manager_routes(engine, node, manager_dir, run_root, port_defaults)
+    };
     shoal_worker::daemon::run(opts, shutdown, extend)
         .await
         .map_err(|e| match e {

@@ -4,6 +4,7 @@
 //! process (the in-process cluster tests); the cluster port's gRPC transport arrives with
 //! multi-host. [`NoPeers`] serves a one-manager cluster.
 
+pub mod grpcnet;
 pub mod memnet;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -8,9 +8,11 @@
 //! - [`pipeline`]: the leader's loop around the cores.
 //! - [`store`]: the Raft-replicated store of versioned objects (openraft + redb).
 
+pub mod ca;
 pub mod cluster;
 pub mod orchestrator;
 pub mod pipeline;
+pub mod port;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -26,6 +26,8 @@ pub mod kinds {
     pub const TASK: &str = "task";
     /// Nodes.
     pub const NODE: &str = "node";
+    /// The cluster's record (its CA and join-token secrets): one object.
+    pub const CLUSTER: &str = "cluster";
 }
 
 fn load<T: serde::de::DeserializeOwned>(

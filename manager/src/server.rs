@@ -20,9 +20,13 @@ use shoal_api::types::{
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 
+use crate::ca::{Ca, JoinToken, Role};
 use crate::cluster::{ClusterError, ClusterStore, Timings};
 use crate::pipeline::{Pipeline, kinds, now_ms};
+use crate::port::{NodeTls, PortConfig};
 use crate::store::{Command, CommandResult, Versioned};
+use shoal_api::control::control_server::ControlServer;
+use shoal_api::dispatcher::dispatcher_server::DispatcherServer;
 
 /// This node, as it describes itself.
 #[derive(Debug, Clone)]
@@ -79,9 +83,10 @@ impl Manager {
         dir: PathBuf,
         node: SelfNode,
         options: ManagerOptions,
+        addr: &str,
     ) -> Result<Arc<Manager>, ClusterError> {
         let store = Arc::new(ClusterStore::open(&dir, 1, &Timings::default()).await?);
-        store.bootstrap("local").await?;
+        store.bootstrap(addr).await?;
         Ok(Manager::run(store, node, options))
     }
 
@@ -218,6 +223,7 @@ impl Manager {
                         os: String::new(),
                         arch: String::new(),
                         resources: ResourceAmounts::default(),
+                        addr: String::new(),
                     },
                     0,
                 ),
@@ -306,6 +312,62 @@ impl Manager {
         Ok(())
     }
 
+    /// The cluster's CA and token secrets, made on first use.
+    pub async fn cluster_record(&self) -> Result<ClusterRecord, ClusterError> {
+        for _ in 0..5 {
+            if let Some(v) = self.store.get(kinds::CLUSTER, CLUSTER_ID)? {
+                return serde_json::from_value(v.value)
+                    .map_err(|e| ClusterError::Read(e.to_string()));
+            }
+            let ca = Ca::generate().map_err(ca_err)?;
+            let fp = ca.fingerprint().map_err(ca_err)?;
+            let record = ClusterRecord {
+                worker_secret: JoinToken::generate(&fp).map_err(ca_err)?.secret,
+                manager_secret: JoinToken::generate(&fp).map_err(ca_err)?.secret,
+                ca,
+            };
+            self.store
+                .write(Command::Put {
+                    kind: kinds::CLUSTER.into(),
+                    id: CLUSTER_ID.into(),
+                    value: serde_json::to_value(&record).unwrap_or_default(),
+                    expected_version: Some(0),
+                })
+                .await?;
+        }
+        Err(ClusterError::Raft(
+            "the cluster record keeps changing".into(),
+        ))
+    }
+
+    /// Records where other nodes reach node `id`.
+    async fn set_node_addr(&self, id: &str, addr: &str) -> Result<(), ClusterError> {
+        for _ in 0..10 {
+            let Some(v) = self.store.get(kinds::NODE, id)? else {
+                return Ok(());
+            };
+            let mut node: Node =
+                serde_json::from_value(v.value).map_err(|e| ClusterError::Read(e.to_string()))?;
+            if node.addr == addr {
+                return Ok(());
+            }
+            node.addr = addr.to_string();
+            let r = self
+                .store
+                .write(Command::Put {
+                    kind: kinds::NODE.into(),
+                    id: id.into(),
+                    value: serde_json::to_value(&node).unwrap_or_default(),
+                    expected_version: Some(v.version),
+                })
+                .await?;
+            if !matches!(r, CommandResult::Conflict { .. }) {
+                return Ok(());
+            }
+        }
+        Err(ClusterError::Raft(format!("node {id} keeps changing")))
+    }
+
     /// Whether the node is known and ready.
     fn node_ready(&self, id: &str) -> bool {
         matches!(self.store.get(kinds::NODE, id), Ok(Some(v)) if v.value["ready"] == true)
@@ -331,6 +393,25 @@ impl Manager {
     }
 }
 
+fn port_err(e: crate::port::PortError) -> ClusterError {
+    ClusterError::Raft(e.to_string())
+}
+
+fn ca_err(e: crate::ca::CaError) -> ClusterError {
+    ClusterError::Raft(e.to_string())
+}
+
+/// A node speaks for itself only.
+fn same_node(caller: &Option<crate::ca::Identity>, node_id: &str) -> Result<(), Status> {
+    match caller {
+        Some(id) if id.node_id != node_id => Err(Status::permission_denied(format!(
+            "node {} cannot speak for node {node_id}",
+            id.node_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn internal(e: ClusterError) -> Status {
     Status::unavailable(e.to_string())
 }
@@ -351,7 +432,49 @@ pub struct ManagerService {
     options: ManagerOptions,
     manager: Arc<RwLock<Option<Arc<Manager>>>>,
     on_active: Arc<dyn Fn() + Send + Sync>,
+    /// Callers of this instance come over the cluster port and must show a certificate
+    /// (the local socket's callers are root on this host).
+    remote: bool,
+    /// The daemon's `--listen-addr` and `--advertise-addr`, for an `init` without them.
+    port_defaults: PortDefaults,
+    /// The cluster port, once open: its settings, and what stops it.
+    port: Arc<std::sync::Mutex<Option<OpenPort>>>,
 }
+
+/// An open cluster port: its settings, and what stops it.
+type OpenPort = (PortConfig, tokio::sync::watch::Sender<bool>);
+
+/// Where the cluster port listens unless `init` says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct PortDefaults {
+    /// `--listen-addr`.
+    pub listen: std::net::SocketAddr,
+    /// `--advertise-addr`, if given.
+    pub advertise: Option<std::net::SocketAddr>,
+}
+
+impl Default for PortDefaults {
+    fn default() -> Self {
+        PortDefaults {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], crate::port::DEFAULT_PORT)),
+            advertise: None,
+        }
+    }
+}
+
+/// The cluster-wide secrets, replicated with the rest of the state: the CA (so that any
+/// manager can issue certificates) and the join tokens' secrets.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClusterRecord {
+    /// The cluster CA.
+    pub ca: Ca,
+    /// The secret of worker join tokens.
+    pub worker_secret: String,
+    /// The secret of manager join tokens.
+    pub manager_secret: String,
+}
+
+const CLUSTER_ID: &str = "cluster";
 
 impl ManagerService {
     /// The services for a node whose manager state lives under `dir`. If the node is a
@@ -361,6 +484,7 @@ impl ManagerService {
         dir: PathBuf,
         node: SelfNode,
         options: ManagerOptions,
+        port_defaults: PortDefaults,
         on_active: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<ManagerService, ClusterError> {
         let svc = ManagerService {
@@ -369,13 +493,139 @@ impl ManagerService {
             options,
             manager: Arc::new(RwLock::new(None)),
             on_active,
+            remote: false,
+            port_defaults,
+            port: Default::default(),
         };
         if svc.dir.join("raft-log.redb").exists() {
-            let m = Manager::start(svc.dir.clone(), svc.node.clone(), svc.options).await?;
+            let m = Manager::start(svc.dir.clone(), svc.node.clone(), svc.options, "local").await?;
             *svc.manager.write().await = Some(m);
+            if let Some(config) = crate::port::load_config(&svc.dir).map_err(port_err)? {
+                svc.open_port(config.listen, Some(config.advertise)).await?;
+            }
             (svc.on_active)();
         }
         Ok(svc)
+    }
+
+    /// The running manager, if this node is one.
+    pub async fn manager(&self) -> Option<Arc<Manager>> {
+        self.manager.read().await.clone()
+    }
+
+    /// Where the cluster port listens and what it advertises, once open.
+    pub fn port_config(&self) -> Option<PortConfig> {
+        self.port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(c, _)| c.clone())
+    }
+
+    /// Where this node keeps its certificate, key and the CA's certificate.
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.with_file_name("tls")
+    }
+
+    /// The same services for callers over the cluster port.
+    fn for_remote(&self) -> ManagerService {
+        ManagerService {
+            remote: true,
+            ..self.clone()
+        }
+    }
+
+    /// Makes sure the cluster has a CA and join tokens, that this manager has a
+    /// certificate, and opens the cluster port. Returns where it listens and what it
+    /// advertises.
+    async fn open_port(
+        &self,
+        listen: std::net::SocketAddr,
+        advertise: Option<std::net::SocketAddr>,
+    ) -> Result<PortConfig, ClusterError> {
+        let m = self
+            .active()
+            .await
+            .map_err(|e| ClusterError::Raft(e.message().into()))?;
+        let record = m.cluster_record().await?;
+        let tls_dir = self.tls_dir();
+        let tls = match NodeTls::load(&tls_dir).map_err(port_err)? {
+            Some(t) if t.ca_pem == record.ca.cert_pem => t,
+            _ => {
+                let (key_pem, csr) =
+                    crate::ca::node_key_and_request(&self.node.id).map_err(ca_err)?;
+                let cert_pem = record
+                    .ca
+                    .issue(&csr, &self.node.id, Role::Manager)
+                    .map_err(ca_err)?;
+                let t = NodeTls {
+                    ca_pem: record.ca.cert_pem.clone(),
+                    cert_pem,
+                    key_pem,
+                };
+                t.save(&tls_dir).map_err(port_err)?;
+                t
+            }
+        };
+        let remote = self.for_remote();
+        let routes = tonic::service::Routes::new(ControlServer::new(remote.clone()))
+            .add_service(DispatcherServer::new(remote));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let bound = crate::port::open(listen, &tls, routes, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(port_err)?;
+        let advertise = match advertise {
+            Some(a) if a.port() == 0 => std::net::SocketAddr::new(a.ip(), bound.port()),
+            Some(a) => a,
+            None => crate::port::default_advertise(bound),
+        };
+        let config = PortConfig {
+            listen: bound,
+            advertise,
+        };
+        crate::port::save_config(&self.dir, &config).map_err(port_err)?;
+        m.set_node_addr(&self.node.id, &advertise.to_string())
+            .await?;
+        *self.port.lock().unwrap_or_else(|e| e.into_inner()) = Some((config.clone(), stop));
+        Ok(config)
+    }
+
+    /// Who calls: nobody to check on the local socket; over the cluster port, the node its
+    /// certificate names, which must have one of the `roles`.
+    fn caller<T>(
+        &self,
+        r: &Request<T>,
+        roles: &[Role],
+        what: &str,
+    ) -> Result<Option<crate::ca::Identity>, Status> {
+        if !self.remote {
+            return Ok(None);
+        }
+        let certs = r.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "{what} needs a node certificate of this cluster: join the cluster first (shoal join)"
+            ))
+        })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no certificate presented"))?;
+        let id =
+            crate::ca::identity_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if !roles.contains(&id.role) {
+            return Err(Status::permission_denied(format!(
+                "{what} is for {} nodes; node {} is a {}",
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                id.node_id,
+                id.role.as_str()
+            )));
+        }
+        Ok(Some(id))
     }
 
     /// The services of a manager that runs already (in-process clusters).
@@ -386,6 +636,9 @@ impl ManagerService {
             options: m.options,
             manager: Arc::new(RwLock::new(Some(m))),
             on_active: Arc::new(|| {}),
+            remote: false,
+            port_defaults: PortDefaults::default(),
+            port: Default::default(),
         }
     }
 
@@ -415,6 +668,9 @@ impl ManagerService {
 
     /// Stops the manager, if running.
     pub async fn stop(&self) {
+        if let Some((_, stop)) = self.port.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(true);
+        }
         if let Some(m) = self.manager.write().await.take() {
             m.stop().await;
         }
@@ -525,18 +781,50 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl Control for ManagerService {
-    async fn init(&self, _r: Request<pc::InitRequest>) -> Result<Response<pc::InitReply>, Status> {
+    async fn init(&self, r: Request<pc::InitRequest>) -> Result<Response<pc::InitReply>, Status> {
+        self.caller(&r, &[Role::Manager], "init")?;
+        let req = r.into_inner();
+        let bad = |e: crate::port::PortError| Status::invalid_argument(e.to_string());
+        let listen = match req.listen_addr.as_str() {
+            "" => self.port_defaults.listen,
+            a => crate::port::parse_addr("--listen-addr", a).map_err(bad)?,
+        };
+        let advertise = match req.advertise_addr.as_str() {
+            "" => self.port_defaults.advertise,
+            a => Some(crate::port::parse_addr("--advertise-addr", a).map_err(bad)?),
+        };
         let mut guard = self.manager.write().await;
         if guard.is_some() {
             return Err(Status::already_exists(
                 "this node is already part of a cluster: \"shoal info\" shows it",
             ));
         }
-        let m = Manager::start(self.dir.clone(), self.node.clone(), self.options)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        // Refuse a port that cannot be opened before anything is written.
+        if let Err(e) = std::net::TcpListener::bind(listen) {
+            return Err(Status::failed_precondition(format!(
+                "cannot open the cluster port {listen}: {e}; choose another with --listen-addr IP:PORT"
+            )));
+        }
+        let addr = advertise
+            .filter(|a| a.port() != 0)
+            .unwrap_or_else(|| crate::port::default_advertise(listen));
+        let m = Manager::start(
+            self.dir.clone(),
+            self.node.clone(),
+            self.options,
+            &addr.to_string(),
+        )
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         *guard = Some(m.clone());
         drop(guard);
+        if let Err(e) = self.open_port(listen, advertise).await {
+            // Leave no half-made cluster behind: the next init starts clean.
+            self.stop().await;
+            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_dir_all(self.tls_dir());
+            return Err(Status::failed_precondition(e.to_string()));
+        }
         (self.on_active)();
         // The cluster is ready for services once this node's agent has reported in.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -549,7 +837,63 @@ impl Control for ManagerService {
         }))
     }
 
-    async fn info(&self, _r: Request<pc::InfoRequest>) -> Result<Response<pc::InfoReply>, Status> {
+    async fn join_token(
+        &self,
+        r: Request<pc::JoinTokenRequest>,
+    ) -> Result<Response<pc::JoinTokenReply>, Status> {
+        self.caller(&r, &[Role::Manager], "join-token")?;
+        let m = self.active().await?;
+        let req = r.into_inner();
+        let role: Role = req
+            .role
+            .parse()
+            .map_err(|e: crate::ca::CaError| Status::invalid_argument(e.to_string()))?;
+        let mut record = m.cluster_record().await.map_err(internal)?;
+        let fingerprint = record
+            .ca
+            .fingerprint()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if req.rotate {
+            let secret = JoinToken::generate(&fingerprint)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .secret;
+            match role {
+                Role::Manager => record.manager_secret = secret,
+                Role::Worker => record.worker_secret = secret,
+            }
+            m.store
+                .write(Command::Put {
+                    kind: kinds::CLUSTER.into(),
+                    id: CLUSTER_ID.into(),
+                    value: serde_json::to_value(&record).unwrap_or_default(),
+                    expected_version: None,
+                })
+                .await
+                .map_err(internal)?;
+        }
+        let secret = match role {
+            Role::Manager => record.manager_secret,
+            Role::Worker => record.worker_secret,
+        };
+        let manager_addr = self
+            .port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(c, _)| c.advertise.to_string())
+            .unwrap_or_default();
+        Ok(Response::new(pc::JoinTokenReply {
+            token: JoinToken {
+                fingerprint,
+                secret,
+            }
+            .to_string(),
+            manager_addr,
+        }))
+    }
+
+    async fn info(&self, r: Request<pc::InfoRequest>) -> Result<Response<pc::InfoReply>, Status> {
+        self.caller(&r, &[Role::Manager], "info")?;
         let Some(m) = self.manager.read().await.clone() else {
             return Ok(Response::new(pc::InfoReply {
                 node_id: self.node.id.clone(),
@@ -562,6 +906,12 @@ impl Control for ManagerService {
             .filter(|(_, v)| v.value["manager"] == true)
             .count();
         let tasks = m.store.list(kinds::TASK).map_err(internal)?;
+        let port = self
+            .port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(c, _)| c.clone());
         Ok(Response::new(pc::InfoReply {
             swarm_active: true,
             node_id: self.node.id.clone(),
@@ -574,6 +924,22 @@ impl Control for ManagerService {
                 .iter()
                 .filter(|(_, v)| v.value["status"]["state"] == "running")
                 .count() as u32,
+            advertise_addr: port
+                .as_ref()
+                .map(|c| c.advertise.to_string())
+                .unwrap_or_default(),
+            listen_addr: port
+                .as_ref()
+                .map(|c| c.listen.to_string())
+                .unwrap_or_default(),
+            ca_fingerprint: m
+                .store
+                .get(kinds::CLUSTER, CLUSTER_ID)
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_value::<ClusterRecord>(v.value).ok())
+                .and_then(|r| r.ca.fingerprint().ok())
+                .unwrap_or_default(),
         }))
     }
 
@@ -581,6 +947,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::CreateServiceRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
+        self.caller(&r, &[Role::Manager], "create service")?;
         let m = self.active().await?;
         let spec: ServiceSpec = serde_json::from_str(&r.into_inner().spec_json)
             .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))?;
@@ -631,6 +998,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::UpdateServiceRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
+        self.caller(&r, &[Role::Manager], "update service")?;
         let m = self.active().await?;
         let r = r.into_inner();
         let (mut service, version) = find_service(&m, &r.service).await?;
@@ -705,6 +1073,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::RemoveRequest>,
     ) -> Result<Response<pc::RemoveReply>, Status> {
+        self.caller(&r, &[Role::Manager], "remove service")?;
         let m = self.active().await?;
         let (service, version) = find_service(&m, &r.into_inner().id).await?;
         m.store
@@ -722,6 +1091,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::GetRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
+        self.caller(&r, &[Role::Manager], "get service")?;
         let m = self.active().await?;
         let (s, version) = find_service(&m, &r.into_inner().id).await?;
         Ok(Response::new(pc::ObjectReply {
@@ -735,8 +1105,9 @@ impl Control for ManagerService {
 
     async fn list_services(
         &self,
-        _r: Request<pc::ListRequest>,
+        r: Request<pc::ListRequest>,
     ) -> Result<Response<pc::ListReply>, Status> {
+        self.caller(&r, &[Role::Manager], "list services")?;
         let m = self.active().await?;
         let objects = m
             .store
@@ -752,6 +1123,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::ListTasksRequest>,
     ) -> Result<Response<pc::ListReply>, Status> {
+        self.caller(&r, &[Role::Manager], "list tasks")?;
         let m = self.active().await?;
         let filter = r.into_inner().service;
         let service_id = if filter.is_empty() {
@@ -776,8 +1148,9 @@ impl Control for ManagerService {
 
     async fn list_nodes(
         &self,
-        _r: Request<pc::ListRequest>,
+        r: Request<pc::ListRequest>,
     ) -> Result<Response<pc::ListReply>, Status> {
+        self.caller(&r, &[Role::Manager], "list nodes")?;
         let m = self.active().await?;
         let objects = m
             .store
@@ -793,6 +1166,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::UpdateNodeRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
+        self.caller(&r, &[Role::Manager], "update node")?;
         let m = self.active().await?;
         let r = r.into_inner();
         let mut found = None;
@@ -856,8 +1230,10 @@ impl Dispatcher for ManagerService {
         &self,
         r: Request<pd::SessionRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let me = self.caller(&r, &[Role::Manager, Role::Worker], "a session")?;
         let m = self.leading().await?;
         let session = r.into_inner();
+        same_node(&me, &session.node_id)?;
         if session.node_id.is_empty() {
             return Err(Status::invalid_argument("a session needs the node's id"));
         }
@@ -924,8 +1300,10 @@ impl Dispatcher for ManagerService {
         &self,
         r: Request<pd::HeartbeatRequest>,
     ) -> Result<Response<pd::HeartbeatReply>, Status> {
+        let me = self.caller(&r, &[Role::Manager, Role::Worker], "a heartbeat")?;
         let m = self.leading().await?;
         let node_id = r.into_inner().node_id;
+        same_node(&me, &node_id)?;
         if !m.heartbeat(&node_id).await.map_err(internal)? {
             return Err(Status::not_found(format!(
                 "node {node_id} is not part of this cluster: open a session first (or join again)"
@@ -940,8 +1318,11 @@ impl Dispatcher for ManagerService {
         &self,
         r: Request<pd::StatusBatch>,
     ) -> Result<Response<pd::StatusReply>, Status> {
+        let me = self.caller(&r, &[Role::Manager, Role::Worker], "task status")?;
         let m = self.leading().await?;
-        let updates = r.into_inner().updates;
+        let batch = r.into_inner();
+        same_node(&me, &batch.node_id)?;
+        let updates = batch.updates;
         let mut commands = Vec::new();
         for u in &updates {
             if let Some(c) = status_command(&m, u)? {
@@ -999,7 +1380,7 @@ mod tests {
             hostname: "m1".into(),
             resources: ResourceAmounts::default(),
         };
-        let m = Manager::start(dir.path().to_path_buf(), me, options)
+        let m = Manager::start(dir.path().to_path_buf(), me, options, "local")
             .await
             .unwrap();
         let session = pd::SessionRequest {

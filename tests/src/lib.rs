@@ -159,6 +159,9 @@ impl Daemon {
             .arg(&self.runtime)
             .arg("--cgroup-parent")
             .arg(&self.cgroup_parent)
+            // Tests run daemons side by side: each manager's cluster port on its own free port.
+            .arg("--listen-addr")
+            .arg("127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -126,6 +126,7 @@ mod tests {
             os: "linux".into(),
             arch: "x86_64".into(),
             resources: Default::default(),
+            addr: String::new(),
         }
     }
 

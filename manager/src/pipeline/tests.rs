@@ -46,6 +46,7 @@ fn node(id: &str) -> Node {
             nano_cpus: 2_000_000_000,
             memory_bytes: 1 << 30,
         },
+        addr: String::new(),
     }
 }
 

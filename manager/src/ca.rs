@@ -1,0 +1,337 @@
+//! The cluster's certificate authority and join tokens.
+//!
+//! The first manager makes the CA (an ECDSA P-256 key and a self-signed certificate); its
+//! key travels in the replicated store, so any manager can issue certificates. Every node
+//! holds a certificate the CA signed: its common name is the node's id, its organizational
+//! unit its role (`manager` or `worker`), and it names `shoal-manager` (managers) or
+//! `shoal-worker` as its DNS name, the name every client checks whatever address it dialed.
+//!
+//! A join token is `SHOAL1-<sha256 of the CA certificate, hex>-<secret>`: the fingerprint
+//! lets the joining node trust this CA and no other; the secret (one for workers, another
+//! for managers) says which role it may take.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use sha2::{Digest, Sha256};
+
+/// The DNS name in every manager's certificate; clients check it, whatever address they
+/// dialed.
+pub const MANAGER_NAME: &str = "shoal-manager";
+/// The DNS name in every worker's certificate.
+pub const WORKER_NAME: &str = "shoal-worker";
+
+/// How long node certificates last; nodes renew them at half their life.
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Errors of the CA.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Making or reading a key or certificate failed.
+    #[error("certificate: {0}")]
+    Cert(String),
+    /// A join token is not well formed.
+    #[error("{0}")]
+    Token(String),
+}
+
+fn cert_err(e: impl std::fmt::Display) -> CaError {
+    CaError::Cert(e.to_string())
+}
+
+/// A node's role, as its certificate says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs Raft and the control plane.
+    Manager,
+    /// Runs tasks.
+    Worker,
+}
+
+impl Role {
+    /// The role's name, as in certificates and tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = CaError;
+
+    fn from_str(s: &str) -> Result<Role, CaError> {
+        match s {
+            "manager" => Ok(Role::Manager),
+            "worker" => Ok(Role::Worker),
+            other => Err(CaError::Token(format!(
+                "unknown role \"{other}\": use worker or manager"
+            ))),
+        }
+    }
+}
+
+/// The cluster CA: its certificate and key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ca {
+    /// The CA certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+fn der_of(pem: &str) -> Result<Vec<u8>, CaError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|c| c.to_vec())
+        .map_err(|e| cert_err(format!("not a PEM certificate: {e}")))
+}
+
+/// The SHA-256 fingerprint of a certificate (DER), lowercase hex.
+pub fn fingerprint_der(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+impl Ca {
+    /// Makes a new CA, valid for 20 years.
+    pub fn generate() -> Result<Ca, CaError> {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "shoal cluster CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(20 * 365);
+        let cert = params.self_signed(&key).map_err(cert_err)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The fingerprint join tokens carry.
+    pub fn fingerprint(&self) -> Result<String, CaError> {
+        Ok(fingerprint_der(&der_of(&self.cert_pem)?))
+    }
+
+    /// Signs the key in `csr_pem` for node `node_id` in `role`. Only the public key of the
+    /// request is used: the name, role and lifetime are the CA's to choose.
+    pub fn issue(&self, csr_pem: &str, node_id: &str, role: Role) -> Result<String, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| cert_err(format!("the certificate request is not valid: {e}")))?;
+        let key = KeyPair::from_pem(&self.key_pem).map_err(cert_err)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, key).map_err(cert_err)?;
+        let name = match role {
+            Role::Manager => MANAGER_NAME,
+            Role::Worker => WORKER_NAME,
+        };
+        let mut params = CertificateParams::new(vec![name.to_string()]).map_err(cert_err)?;
+        params.distinguished_name.push(DnType::CommonName, node_id);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(node_id.try_into().map_err(cert_err)?));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + NODE_CERT_VALIDITY;
+        let request = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        Ok(request.signed_by(&issuer).map_err(cert_err)?.pem())
+    }
+}
+
+/// A new node key and a request to certify it: (key PEM, request PEM).
+pub fn node_key_and_request(node_id: &str) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    params.distinguished_name.push(DnType::CommonName, node_id);
+    let csr = params.serialize_request(&key).map_err(cert_err)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(cert_err)?))
+}
+
+/// Who a certificate speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The node's id.
+    pub node_id: String,
+    /// Its role.
+    pub role: Role,
+    /// When the certificate expires.
+    pub not_after: SystemTime,
+    /// When it became valid.
+    pub not_before: SystemTime,
+}
+
+/// Reads the node id and role of a node certificate (DER). The caller has verified the
+/// chain already (the TLS handshake did).
+pub fn identity_der(der: &[u8]) -> Result<Identity, CaError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| cert_err(format!("unreadable certificate: {e}")))?;
+    let subject = cert.subject();
+    let node_id = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| cert_err("the certificate names no node"))?
+        .to_string();
+    let role = subject
+        .iter_organizational_unit()
+        .next()
+        .and_then(|ou| ou.as_str().ok())
+        .ok_or_else(|| cert_err("the certificate names no role"))?
+        .parse()?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    Ok(Identity {
+        node_id,
+        role,
+        not_after: time(cert.validity().not_after),
+        not_before: time(cert.validity().not_before),
+    })
+}
+
+/// [`identity_der`] of a PEM certificate.
+pub fn identity_pem(pem: &str) -> Result<Identity, CaError> {
+    identity_der(&der_of(pem)?)
+}
+
+/// Whether a certificate is past half its life (time to renew it).
+pub fn wants_renewal(id: &Identity, now: SystemTime) -> bool {
+    let life = id
+        .not_after
+        .duration_since(id.not_before)
+        .unwrap_or_default();
+    now >= id.not_before + life / 2
+}
+
+/// A join token, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// The CA's fingerprint.
+    pub fingerprint: String,
+    /// The secret.
+    pub secret: String,
+}
+
+const TOKEN_PREFIX: &str = "SHOAL1-";
+
+impl JoinToken {
+    /// A new token for the CA with `fingerprint`: a fresh 128-bit secret.
+    pub fn generate(fingerprint: &str) -> Result<JoinToken, CaError> {
+        let mut secret = [0u8; 16];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").map_err(cert_err)?,
+            &mut secret,
+        )
+        .map_err(cert_err)?;
+        Ok(JoinToken {
+            fingerprint: fingerprint.to_string(),
+            secret: hex::encode(secret),
+        })
+    }
+
+    /// Parses a token as `shoal join-token` prints it.
+    pub fn parse(s: &str) -> Result<JoinToken, CaError> {
+        let fix = "copy the whole token that \"shoal join-token worker\" (or manager) prints on a manager";
+        let rest = s.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
+            CaError::Token(format!(
+                "this is not a shoal join token (they start with {TOKEN_PREFIX}): {fix}"
+            ))
+        })?;
+        let (fingerprint, secret) = rest
+            .split_once('-')
+            .ok_or_else(|| CaError::Token(format!("the join token is cut short: {fix}")))?;
+        let hex_of =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_of(fingerprint, 64) || !hex_of(secret, 32) {
+            return Err(CaError::Token(format!("the join token is damaged: {fix}")));
+        }
+        Ok(JoinToken {
+            fingerprint: fingerprint.to_ascii_lowercase(),
+            secret: secret.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{TOKEN_PREFIX}{}-{}", self.fingerprint, self.secret)
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_issues_certificates_that_name_node_and_role() {
+        let ca = Ca::generate().unwrap();
+        let (key, csr) = node_key_and_request("abc123").unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        let cert = ca.issue(&csr, "node-7", Role::Worker).unwrap();
+        let id = identity_pem(&cert).unwrap();
+        assert_eq!(
+            id.node_id, "node-7",
+            "the CA names the node, not the request"
+        );
+        assert_eq!(id.role, Role::Worker);
+        assert!(!wants_renewal(&id, SystemTime::now()));
+        assert!(wants_renewal(
+            &id,
+            SystemTime::now() + NODE_CERT_VALIDITY / 2 + Duration::from_secs(7200)
+        ));
+        let m = ca.issue(&csr, "node-8", Role::Manager).unwrap();
+        assert_eq!(identity_pem(&m).unwrap().role, Role::Manager);
+        assert!(ca.issue("garbage", "x", Role::Worker).is_err());
+    }
+
+    #[test]
+    fn tokens_round_trip_and_bad_ones_say_why() {
+        let ca = Ca::generate().unwrap();
+        let fp = ca.fingerprint().unwrap();
+        assert_eq!(fp.len(), 64);
+        let t = JoinToken::generate(&fp).unwrap();
+        assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(JoinToken::parse(&format!("  {t}\n")).unwrap(), t);
+        for (bad, says) in [
+            ("SWMTKN-1-abc", "not a shoal join token"),
+            ("SHOAL1-abcdef", "cut short"),
+            (&format!("SHOAL1-{fp}-xyz")[..], "damaged"),
+        ] {
+            let e = JoinToken::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.contains("shoal join-token"), "{e}");
+        }
+        assert!(same_secret("abcd", "abcd"));
+        assert!(!same_secret("abcd", "abce"));
+        assert!(!same_secret("abcd", "abc"));
+    }
+}

@@ -1,0 +1,201 @@
+//! Raft between managers over the cluster port: each message is the JSON of openraft's own
+//! type in a gRPC call, over mutual TLS with this manager's certificate. Until the node has
+//! a certificate (a one-manager cluster before its CA exists) every peer is unreachable,
+//! which a cluster of one never notices.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shoal_api::raft as pr;
+use shoal_api::raft::raft_client::RaftClient;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Response, Status};
+
+use crate::store::TypeConfig;
+
+/// The client TLS settings every link uses, once the node has its certificate.
+#[derive(Clone, Default)]
+pub struct GrpcNet {
+    tls: Arc<RwLock<Option<ClientTlsConfig>>>,
+}
+
+impl GrpcNet {
+    /// A network with no certificate yet.
+    pub fn new() -> GrpcNet {
+        GrpcNet::default()
+    }
+
+    /// Sets (or renews) the certificate links present.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+    }
+
+    fn tls(&self) -> Option<ClientTlsConfig> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LinkError(String);
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNet {
+    type Network = GrpcLink;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcLink {
+        GrpcLink {
+            target,
+            addr: node.addr.clone(),
+            net: self.clone(),
+            client: None,
+        }
+    }
+}
+
+/// A link to one manager; it connects on first use and again after a failure.
+pub struct GrpcLink {
+    target: u64,
+    addr: String,
+    net: GrpcNet,
+    client: Option<RaftClient<Channel>>,
+}
+
+impl GrpcLink {
+    fn client(&mut self) -> Result<RaftClient<Channel>, LinkError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let tls = self.net.tls().ok_or_else(|| {
+            LinkError(format!(
+                "manager {} at {}: this node has no cluster certificate yet",
+                self.target, self.addr
+            ))
+        })?;
+        let endpoint = Endpoint::from_shared(format!("https://{}", self.addr))
+            .map_err(|e| LinkError(format!("manager address {}: {e}", self.addr)))?
+            .tls_config(tls)
+            .map_err(|e| LinkError(e.to_string()))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        let client = RaftClient::new(endpoint.connect_lazy());
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// One call: the request's JSON out, the remote result's JSON back.
+    async fn call<Q, A, E>(
+        &mut self,
+        which: Which,
+        rpc: &Q,
+        option: &RPCOption,
+    ) -> Result<Result<A, E>, LinkError>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let json = serde_json::to_vec(rpc).map_err(|e| LinkError(e.to_string()))?;
+        let mut client = self.client()?;
+        let msg = pr::RaftMessage { json };
+        let call = async {
+            match which {
+                Which::Append => client.append_entries(msg).await,
+                Which::Vote => client.vote(msg).await,
+                Which::Snapshot => client.install_snapshot(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                self.client = None;
+                return Err(LinkError(format!(
+                    "manager {} at {}: {}",
+                    self.target,
+                    self.addr,
+                    status.message()
+                )));
+            }
+            Err(_) => {
+                return Err(LinkError(format!(
+                    "manager {} at {}: no answer within {:?}",
+                    self.target,
+                    self.addr,
+                    option.hard_ttl()
+                )));
+            }
+        };
+        serde_json::from_slice(&reply.json).map_err(|e| LinkError(e.to_string()))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+type Rpc<T, E = RaftError<u64>> = Result<T, RPCError<u64, BasicNode, E>>;
+
+impl RaftNetwork<TypeConfig> for GrpcLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<u64>> {
+        match self.call(Which::Append, &rpc, &option).await {
+            Ok(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
+        match self.call(Which::Snapshot, &rpc, &option).await {
+            Ok(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Rpc<VoteResponse<u64>> {
+        match self.call(Which::Vote, &rpc, &option).await {
+            Ok(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+        }
+    }
+}
+
+/// The receiving side: hands each message to the local Raft node and returns its result.
+pub async fn deliver<Q, A, E, F, Fut>(
+    raft: &Raft<TypeConfig>,
+    msg: pr::RaftMessage,
+    f: F,
+) -> Result<Response<pr::RaftMessage>, Status>
+where
+    Q: DeserializeOwned,
+    A: Serialize,
+    E: Serialize,
+    F: FnOnce(Raft<TypeConfig>, Q) -> Fut,
+    Fut: std::future::Future<Output = Result<A, E>>,
+{
+    let rpc: Q = serde_json::from_slice(&msg.json)
+        .map_err(|e| Status::invalid_argument(format!("unreadable Raft message: {e}")))?;
+    let result = f(raft.clone(), rpc).await;
+    let json = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pr::RaftMessage { json }))
+}

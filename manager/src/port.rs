@@ -1,0 +1,236 @@
+//! The cluster port (4242/tcp by default): the manager's services over mutual TLS for other
+//! nodes. Every caller presents a certificate the cluster CA issued, except a node that is
+//! joining (it has none yet, and proves itself with its join token instead).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// The default cluster port.
+pub const DEFAULT_PORT: u16 = 4242;
+
+/// Errors of the cluster port.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// A flag or stored address is not an address.
+    #[error("{0}")]
+    Address(String),
+    /// Reading or writing the node's TLS files failed.
+    #[error("{path}: {message}")]
+    Files {
+        /// Which file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The port could not be opened.
+    #[error("{0}")]
+    Listen(String),
+}
+
+/// Parses `--listen-addr`/`--advertise-addr`: `IP`, `IP:PORT` or `:PORT` (the port defaults
+/// to 4242, the address to every interface).
+pub fn parse_addr(flag: &str, value: &str) -> Result<SocketAddr, PortError> {
+    let bad = || {
+        PortError::Address(format!(
+            "invalid {flag} \"{value}\": give IP, IP:PORT or :PORT (for example 192.168.1.10:4242)"
+        ))
+    };
+    let value = value.trim();
+    if let Some(port) = value.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    if let Ok(a) = value.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: IpAddr = value
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, DEFAULT_PORT))
+}
+
+/// The address to tell other nodes, when none was given: the listening address if it is a
+/// specific one, else this host's first IPv4 address that is not loopback (loopback if it
+/// has none).
+pub fn default_advertise(listen: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let ip = nix::ifaddrs::getifaddrs()
+        .ok()
+        .and_then(|addrs| {
+            addrs
+                .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+                .find(|ip| !ip.is_loopback())
+        })
+        .unwrap_or(Ipv4Addr::LOCALHOST);
+    SocketAddr::new(IpAddr::V4(ip), listen.port())
+}
+
+/// Where the cluster port listens and what other nodes are told, kept under the manager's
+/// directory so a restarted daemon opens the same port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// What other nodes dial.
+    pub advertise: SocketAddr,
+}
+
+/// A node's TLS material: the cluster CA's certificate, its own certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTls {
+    /// The cluster CA certificate.
+    pub ca_pem: String,
+    /// This node's certificate.
+    pub cert_pem: String,
+    /// This node's key.
+    pub key_pem: String,
+}
+
+fn files_err(path: &Path, e: impl std::fmt::Display) -> PortError {
+    PortError::Files {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl NodeTls {
+    const FILES: [&'static str; 3] = ["ca.crt", "node.crt", "node.key"];
+
+    /// Reads the files under `dir`, if they are there.
+    pub fn load(dir: &Path) -> Result<Option<NodeTls>, PortError> {
+        if !dir.join("node.crt").exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(|e| files_err(&p, e))
+        };
+        Ok(Some(NodeTls {
+            ca_pem: read("ca.crt")?,
+            cert_pem: read("node.crt")?,
+            key_pem: read("node.key")?,
+        }))
+    }
+
+    /// Writes the files under `dir` (the key readable by root only), each atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), PortError> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).map_err(|e| files_err(dir, e))?;
+        for (name, text) in Self::FILES
+            .iter()
+            .zip([&self.ca_pem, &self.cert_pem, &self.key_pem])
+        {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).map_err(|e| files_err(&tmp, e))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| files_err(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| files_err(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Saves the port's configuration under `dir`.
+pub fn save_config(dir: &Path, config: &PortConfig) -> Result<(), PortError> {
+    let path = config_path(dir);
+    let text = serde_json::to_vec_pretty(config).map_err(|e| files_err(&path, e))?;
+    std::fs::write(&path, text).map_err(|e| files_err(&path, e))
+}
+
+/// The port's saved configuration, if any.
+pub fn load_config(dir: &Path) -> Result<Option<PortConfig>, PortError> {
+    let path = config_path(dir);
+    match std::fs::read(&path) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| files_err(&path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(files_err(&path, e)),
+    }
+}
+
+fn config_path(dir: &Path) -> PathBuf {
+    dir.join("port.json")
+}
+
+/// Binds the port now (so that "address in use" is the caller's error to report) and
+/// serves `routes` on it over TLS until `stop` resolves. Returns the bound address (the
+/// port is the kernel's choice when `listen` asks for port 0).
+pub async fn open(
+    listen: SocketAddr,
+    tls: &NodeTls,
+    routes: tonic::service::Routes,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, PortError> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        let fix = if e.kind() == std::io::ErrorKind::AddrInUse {
+            ": another program holds it; choose another with --listen-addr IP:PORT"
+        } else {
+            ""
+        };
+        PortError::Listen(format!("opening the cluster port {listen}: {e}{fix}"))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| PortError::Listen(e.to_string()))?;
+    // The certificate chain sent to callers ends with the CA's, so that a joining node can
+    // check it against the fingerprint in its token.
+    let chain = format!("{}\n{}", tls.cert_pem.trim_end(), tls.ca_pem);
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(chain, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
+        .client_auth_optional(true);
+    let server = Server::builder()
+        .tls_config(config)
+        .map_err(|e| PortError::Listen(format!("the cluster port's TLS settings: {e}")))?
+        .add_routes(routes);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!("the cluster port stopped: {e}");
+        }
+    });
+    tracing::info!(addr = %bound, "cluster port open");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_the_default_port_and_bad_ones_say_how() {
+        assert_eq!(
+            parse_addr("--listen-addr", "10.0.0.1").unwrap(),
+            "10.0.0.1:4242".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("--listen-addr", ":5000").unwrap(),
+            "0.0.0.0:5000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("--listen-addr", "[::1]:7").unwrap(),
+            "[::1]:7".parse().unwrap()
+        );
+        let e = parse_addr("--advertise-addr", "eth0:x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--advertise-addr") && e.contains("IP:PORT"),
+            "{e}"
+        );
+        let a = default_advertise("0.0.0.0:4242".parse().unwrap());
+        assert!(!a.ip().is_unspecified());
+        assert_eq!(a.port(), 4242);
+        let b = default_advertise("127.0.0.1:9".parse().unwrap());
+        assert_eq!(b, "127.0.0.1:9".parse().unwrap());
+    }
+}
