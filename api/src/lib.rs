@@ -3,6 +3,10 @@
 
 pub mod types;
 
+/// The metadata key in which a manager that does not lead names the leader's cluster
+/// address, so that callers go there.
+pub const LEADER_METADATA: &str = "shoal-leader";
+
 /// The control API of managers: cluster, services, tasks, nodes.
 pub mod control {
     #![allow(missing_docs, clippy::all)]

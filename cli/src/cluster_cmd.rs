@@ -11,11 +11,13 @@ use shoal_api::control::control_server::ControlServer;
 use shoal_api::dispatcher::SessionRequest;
 use shoal_api::dispatcher::dispatcher_server::DispatcherServer;
 use shoal_api::types::{Node, ResourceAmounts};
-use shoal_manager::server::{ManagerOptions, ManagerService, PortDefaults, SelfNode};
-use shoal_worker::agent::Agent;
+use shoal_manager::server::{
+    AgentTarget, ManagerOptions, ManagerService, PortDefaults, SelfNode, client_tls,
+};
+use shoal_worker::agent::{Agent, Dialer};
 use shoal_worker::daemon::DaemonError;
 use shoal_worker::engine::Engine;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::UsageError;
 use crate::client::{Host, connect};
@@ -83,19 +85,10 @@ pub async fn manager_routes(
         memory_bytes: node.resources.memory_bytes,
     };
     let once = Arc::new(std::sync::Once::new());
-    let on_active: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+    let on_active: Arc<dyn Fn(AgentTarget) + Send + Sync> = Arc::new(move |target| {
         let (engine, socket, session) = (engine.clone(), socket.clone(), session.clone());
         once.call_once(move || {
-            let channel = Endpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
-                tower::service_fn(move |_: Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        let s = tokio::net::UnixStream::connect(socket).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(s))
-                    }
-                }),
-            );
-            tokio::spawn(Agent::new(engine, channel, session).run());
+            tokio::spawn(Agent::new(engine, dialer(socket, target), session).run());
         });
     });
     let svc = ManagerService::new(
@@ -111,6 +104,82 @@ pub async fn manager_routes(
         tonic::service::Routes::new(ControlServer::new(svc.clone()))
             .add_service(DispatcherServer::new(svc)),
     ))
+}
+
+/// How the agent reaches the managers: a manager's agent its own daemon first (over the
+/// local socket), then whichever manager leads; a worker's agent the managers in turn, or
+/// the leader one of them named.
+fn dialer(socket: PathBuf, target: AgentTarget) -> Dialer {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tls = target.tls.as_ref().map(client_tls);
+    Arc::new(move |leader: Option<&str>| {
+        let remote = |addr: &str| -> Option<Channel> {
+            let endpoint = Endpoint::from_shared(format!("https://{addr}")).ok()?;
+            let endpoint = endpoint
+                .tls_config(tls.clone()?)
+                .ok()?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(std::time::Duration::from_secs(5));
+            Some(endpoint.connect_lazy())
+        };
+        if let Some(channel) = leader.and_then(remote) {
+            return channel;
+        }
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let candidates = target.managers.len() + usize::from(target.local);
+        let pick = n % candidates.max(1);
+        if target.local && pick == 0 || target.managers.is_empty() {
+            let socket = socket.clone();
+            return Endpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
+                tower::service_fn(move |_: Uri| {
+                    let socket = socket.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(socket).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(s))
+                    }
+                }),
+            );
+        }
+        let addr = &target.managers[(pick - usize::from(target.local)) % target.managers.len()];
+        remote(addr).unwrap_or_else(|| Endpoint::from_static("http://[::]:1").connect_lazy())
+    })
+}
+
+/// `shoal join`.
+pub async fn join(
+    host: &Host,
+    token: String,
+    remote: String,
+    listen_addr: Option<String>,
+    advertise_addr: Option<String>,
+) -> anyhow::Result<()> {
+    // Bad input is found before the daemon is asked.
+    shoal_manager::ca::JoinToken::parse(&token).map_err(|e| UsageError(e.to_string()))?;
+    let usage = |e: shoal_manager::port::PortError| UsageError(e.to_string());
+    shoal_manager::port::parse_addr("the manager address", &remote).map_err(usage)?;
+    if let Some(a) = &listen_addr {
+        shoal_manager::port::parse_addr("--listen-addr", a).map_err(usage)?;
+    }
+    if let Some(a) = &advertise_addr {
+        shoal_manager::port::parse_addr("--advertise-addr", a).map_err(usage)?;
+    }
+    let mut c = ControlClient::new(connect(host).await?);
+    let r = c
+        .join_cluster(pc::JoinClusterRequest {
+            token,
+            remote_addr: remote,
+            listen_addr: listen_addr.unwrap_or_default(),
+            advertise_addr: advertise_addr.unwrap_or_default(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!(
+        "This node ({}) joined the cluster as a {}.",
+        r.node_id, r.role
+    );
+    Ok(())
 }
 
 /// `shoal init`.

@@ -88,6 +88,20 @@ enum Command {
         #[arg(long)]
         advertise_addr: Option<String>,
     },
+    /// Join this node to a cluster, as a worker or a manager (the token says which).
+    Join {
+        /// The token from "shoal join-token worker" (or manager) on a manager.
+        #[arg(long)]
+        token: String,
+        /// A manager's cluster address, HOST:PORT.
+        manager: String,
+        /// Managers: where this node's cluster port listens (IP, IP:PORT or :PORT).
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// Managers: the address the others reach this node at.
+        #[arg(long)]
+        advertise_addr: Option<String>,
+    },
     /// Print the token a node joins the cluster with.
     JoinToken {
         /// `worker` or `manager`.
@@ -274,6 +288,12 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
             listen_addr,
             advertise_addr,
         } => cluster_cmd::init(&host, listen_addr, advertise_addr).await,
+        Command::Join {
+            token,
+            manager,
+            listen_addr,
+            advertise_addr,
+        } => cluster_cmd::join(&host, token, manager, listen_addr, advertise_addr).await,
         Command::JoinToken {
             role,
             rotate,

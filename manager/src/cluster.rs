@@ -254,6 +254,16 @@ impl ClusterStore {
         (voters, learners)
     }
 
+    /// Every member (voter or learner) and its address.
+    pub fn member_addrs(&self) -> Vec<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
     /// Adds manager `id` at `addr` as a learner and waits until it has caught up.
     pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), ClusterError> {
         self.raft

@@ -8,6 +8,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod join;
+mod peers;
+
+pub use peers::{LEADER_KEY, client_tls};
+
 use futures::Stream;
 use shoal_api::control as pc;
 use shoal_api::control::control_server::Control;
@@ -21,6 +26,7 @@ use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{Ca, JoinToken, Role};
+use crate::cluster::grpcnet::GrpcNet;
 use crate::cluster::{ClusterError, ClusterStore, Timings};
 use crate::pipeline::{Pipeline, kinds, now_ms};
 use crate::port::{NodeTls, PortConfig};
@@ -67,6 +73,8 @@ impl ManagerOptions {
 /// A running manager.
 pub struct Manager {
     store: Arc<ClusterStore>,
+    /// The Raft links to other managers (their TLS set once this node has a certificate).
+    net: GrpcNet,
     node: SelfNode,
     options: ManagerOptions,
     stop: tokio::sync::watch::Sender<bool>,
@@ -83,19 +91,35 @@ impl Manager {
         dir: PathBuf,
         node: SelfNode,
         options: ManagerOptions,
-        addr: &str,
+        how: Start<'_>,
     ) -> Result<Arc<Manager>, ClusterError> {
-        let store = Arc::new(ClusterStore::open(&dir, 1, &Timings::default()).await?);
-        store.bootstrap(addr).await?;
-        Ok(Manager::run(store, node, options))
+        let net = GrpcNet::new();
+        let id = raft_id(&node.id);
+        let store =
+            Arc::new(ClusterStore::open_with(&dir, id, &Timings::default(), net.clone()).await?);
+        match how {
+            Start::Init(addr) if !dir.join(JOINED_MARK).exists() => store.bootstrap(addr).await?,
+            _ => {}
+        }
+        Ok(Manager::run_on(store, net, node, options))
     }
 
     /// A manager over an open store: while it leads, it runs the leader pipeline and
     /// watches the nodes' heartbeats; when it stops leading, both stop.
     pub fn run(store: Arc<ClusterStore>, node: SelfNode, options: ManagerOptions) -> Arc<Manager> {
+        Manager::run_on(store, GrpcNet::new(), node, options)
+    }
+
+    fn run_on(
+        store: Arc<ClusterStore>,
+        net: GrpcNet,
+        node: SelfNode,
+        options: ManagerOptions,
+    ) -> Arc<Manager> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let m = Arc::new(Manager {
             store,
+            net,
             node,
             options,
             stop,
@@ -413,6 +437,13 @@ fn same_node(caller: &Option<crate::ca::Identity>, node_id: &str) -> Result<(), 
 }
 
 fn internal(e: ClusterError) -> Status {
+    if let ClusterError::NotLeader {
+        leader: Some(id),
+        addr,
+    } = &e
+    {
+        return peers::not_leader(Some((*id, addr.clone().unwrap_or_default())));
+    }
     Status::unavailable(e.to_string())
 }
 
@@ -431,7 +462,7 @@ pub struct ManagerService {
     node: SelfNode,
     options: ManagerOptions,
     manager: Arc<RwLock<Option<Arc<Manager>>>>,
-    on_active: Arc<dyn Fn() + Send + Sync>,
+    on_active: Arc<dyn Fn(AgentTarget) + Send + Sync>,
     /// Callers of this instance come over the cluster port and must show a certificate
     /// (the local socket's callers are root on this host).
     remote: bool,
@@ -439,6 +470,41 @@ pub struct ManagerService {
     port_defaults: PortDefaults,
     /// The cluster port, once open: its settings, and what stops it.
     port: Arc<std::sync::Mutex<Option<OpenPort>>>,
+}
+
+/// Where this node's agent finds the managers.
+#[derive(Debug, Clone, Default)]
+pub struct AgentTarget {
+    /// This node is a manager: its agent talks to it over the local socket first.
+    pub local: bool,
+    /// The managers' cluster addresses.
+    pub managers: Vec<String>,
+    /// The node's certificate, for the cluster port.
+    pub tls: Option<NodeTls>,
+}
+
+/// How a manager starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// As the first manager of a new cluster (unless it belongs to one), advertised at
+    /// this address.
+    Init(&'a str),
+    /// As a manager that joined (or is joining) an existing cluster: it waits for the
+    /// leader to add it.
+    Joined,
+}
+
+/// Marks a manager directory whose node joined a cluster (it never bootstraps its own).
+const JOINED_MARK: &str = "joined";
+
+/// A manager's Raft id: from its node id, so that it is the same on every manager and
+/// across restarts without being handed out.
+pub fn raft_id(node_id: &str) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(node_id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    (u64::from_be_bytes(b) >> 1).max(1)
 }
 
 /// An open cluster port: its settings, and what stops it.
@@ -485,7 +551,7 @@ impl ManagerService {
         node: SelfNode,
         options: ManagerOptions,
         port_defaults: PortDefaults,
-        on_active: Arc<dyn Fn() + Send + Sync>,
+        on_active: Arc<dyn Fn(AgentTarget) + Send + Sync>,
     ) -> Result<ManagerService, ClusterError> {
         let svc = ManagerService {
             dir,
@@ -498,14 +564,31 @@ impl ManagerService {
             port: Default::default(),
         };
         if svc.dir.join("raft-log.redb").exists() {
-            let m = Manager::start(svc.dir.clone(), svc.node.clone(), svc.options, "local").await?;
+            let m = Manager::start(
+                svc.dir.clone(),
+                svc.node.clone(),
+                svc.options,
+                Start::Init("local"),
+            )
+            .await?;
             *svc.manager.write().await = Some(m);
             if let Some(config) = crate::port::load_config(&svc.dir).map_err(port_err)? {
                 svc.open_port(config.listen, Some(config.advertise)).await?;
             }
-            (svc.on_active)();
+            (svc.on_active)(svc.agent_target(true)?);
+        } else if svc.tls_dir().join("node.crt").exists() {
+            // A worker that joined: its agent dials the managers again.
+            (svc.on_active)(svc.agent_target(false)?);
         }
         Ok(svc)
+    }
+
+    fn agent_target(&self, local: bool) -> Result<AgentTarget, ClusterError> {
+        Ok(AgentTarget {
+            local,
+            managers: join::load_managers(&self.tls_dir()),
+            tls: NodeTls::load(&self.tls_dir()).map_err(port_err)?,
+        })
     }
 
     /// The running manager, if this node is one.
@@ -547,11 +630,11 @@ impl ManagerService {
             .active()
             .await
             .map_err(|e| ClusterError::Raft(e.message().into()))?;
-        let record = m.cluster_record().await?;
         let tls_dir = self.tls_dir();
         let tls = match NodeTls::load(&tls_dir).map_err(port_err)? {
-            Some(t) if t.ca_pem == record.ca.cert_pem => t,
-            _ => {
+            Some(t) => t,
+            None => {
+                let record = m.cluster_record().await?;
                 let (key_pem, csr) =
                     crate::ca::node_key_and_request(&self.node.id).map_err(ca_err)?;
                 let cert_pem = record
@@ -567,9 +650,14 @@ impl ManagerService {
                 t
             }
         };
+        m.net.set_tls(client_tls(&tls));
         let remote = self.for_remote();
         let routes = tonic::service::Routes::new(ControlServer::new(remote.clone()))
-            .add_service(DispatcherServer::new(remote));
+            .add_service(DispatcherServer::new(remote.clone()))
+            .add_service(shoal_api::raft::raft_server::RaftServer::new(
+                remote.clone(),
+            ))
+            .add_service(shoal_api::raft::join_server::JoinServer::new(remote));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let bound = crate::port::open(listen, &tls, routes, async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -635,7 +723,7 @@ impl ManagerService {
             node: m.node.clone(),
             options: m.options,
             manager: Arc::new(RwLock::new(Some(m))),
-            on_active: Arc::new(|| {}),
+            on_active: Arc::new(|_| {}),
             remote: false,
             port_defaults: PortDefaults::default(),
             port: Default::default(),
@@ -647,13 +735,7 @@ impl ManagerService {
     async fn leading(&self) -> Result<Arc<Manager>, Status> {
         let m = self.active().await?;
         if !m.store.is_leader() {
-            let (leader, addr) = match m.store.leader() {
-                Some((id, addr)) => (Some(id), Some(addr)),
-                None => (None, None),
-            };
-            return Err(Status::unavailable(
-                ClusterError::NotLeader { leader, addr }.to_string(),
-            ));
+            return Err(peers::not_leader(m.store.leader()));
         }
         Ok(m)
     }
@@ -812,7 +894,7 @@ impl Control for ManagerService {
             self.dir.clone(),
             self.node.clone(),
             self.options,
-            &addr.to_string(),
+            Start::Init(&addr.to_string()),
         )
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
@@ -825,7 +907,7 @@ impl Control for ManagerService {
             let _ = std::fs::remove_dir_all(self.tls_dir());
             return Err(Status::failed_precondition(e.to_string()));
         }
-        (self.on_active)();
+        (self.on_active)(self.agent_target(true).map_err(internal)?);
         // The cluster is ready for services once this node's agent has reported in.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !m.node_ready(&self.node.id) && tokio::time::Instant::now() < deadline {
@@ -835,6 +917,20 @@ impl Control for ManagerService {
             node_id: self.node.id.clone(),
             cluster_id: self.node.id.clone(),
         }))
+    }
+
+    async fn join_cluster(
+        &self,
+        r: Request<pc::JoinClusterRequest>,
+    ) -> Result<Response<pc::JoinClusterReply>, Status> {
+        if self.remote {
+            return Err(Status::permission_denied(
+                "joining is asked of a node on its own socket: run \"shoal join\" on the node",
+            ));
+        }
+        ManagerService::join_cluster(self, r.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn join_token(
@@ -895,8 +991,11 @@ impl Control for ManagerService {
     async fn info(&self, r: Request<pc::InfoRequest>) -> Result<Response<pc::InfoReply>, Status> {
         self.caller(&r, &[Role::Manager], "info")?;
         let Some(m) = self.manager.read().await.clone() else {
+            // A worker that joined is part of a cluster, without its state.
+            let joined = self.tls_dir().join("node.crt").exists();
             return Ok(Response::new(pc::InfoReply {
                 node_id: self.node.id.clone(),
+                swarm_active: joined,
                 ..Default::default()
             }));
         };
@@ -1380,7 +1479,7 @@ mod tests {
             hostname: "m1".into(),
             resources: ResourceAmounts::default(),
         };
-        let m = Manager::start(dir.path().to_path_buf(), me, options, "local")
+        let m = Manager::start(dir.path().to_path_buf(), me, options, Start::Init("local"))
             .await
             .unwrap();
         let session = pd::SessionRequest {

@@ -21,9 +21,14 @@ pub const TASK_LABEL: &str = "com.shoal.task.id";
 pub const SERVICE_LABEL: &str = "com.shoal.service.id";
 
 /// The agent of one node.
+/// Makes a channel to a manager: to the given address (the leader, as a manager that does
+/// not lead said), or, with none, to the next manager to try.
+pub type Dialer = Arc<dyn Fn(Option<&str>) -> Channel + Send + Sync>;
+
 pub struct Agent {
     engine: Arc<Engine>,
-    channel: Channel,
+    dial: Dialer,
+    channel: std::sync::RwLock<Channel>,
     session: pd::SessionRequest,
     /// Tasks this agent stopped on purpose: their exit is no failure.
     stopping: Mutex<HashSet<String>>,
@@ -51,12 +56,14 @@ fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::St
 }
 
 impl Agent {
-    /// An agent for `session`'s node, talking to a dispatcher over `channel`.
-    pub fn new(engine: Arc<Engine>, channel: Channel, session: pd::SessionRequest) -> Arc<Agent> {
+    /// An agent for `session`'s node, talking to the dispatcher of the managers `dial`
+    /// reaches.
+    pub fn new(engine: Arc<Engine>, dial: Dialer, session: pd::SessionRequest) -> Arc<Agent> {
         let (outbox, rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Agent {
             engine,
-            channel,
+            channel: std::sync::RwLock::new(dial(None)),
+            dial,
             session,
             stopping: Mutex::new(HashSet::new()),
             starting: Mutex::new(HashSet::new()),
@@ -79,7 +86,10 @@ impl Agent {
         loop {
             match self.clone().session().await {
                 Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => tracing::debug!("agent session: {e}"),
+                Err(e) => {
+                    tracing::debug!("agent session: {e}");
+                    self.redial(&e);
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -96,8 +106,26 @@ impl Agent {
         }
     }
 
+    fn channel(&self) -> Channel {
+        self.channel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed session: to the leader, if the manager named it, else to the next
+    /// manager.
+    fn redial(&self, e: &tonic::Status) {
+        let leader = e
+            .metadata()
+            .get(shoal_api::LEADER_METADATA)
+            .and_then(|v| v.to_str().ok());
+        let channel = (self.dial)(leader);
+        *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel;
+    }
+
     async fn session(self: Arc<Self>) -> Result<(), tonic::Status> {
-        let mut client = DispatcherClient::new(self.channel.clone());
+        let mut client = DispatcherClient::new(self.channel());
         let mut stream = client.assignments(self.session.clone()).await?.into_inner();
         while let Some(set) = stream.message().await? {
             let tasks: Vec<Task> = set
@@ -132,7 +160,6 @@ impl Agent {
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<pd::StatusUpdate>,
     ) {
-        let mut client = DispatcherClient::new(self.channel.clone());
         while let Some(first) = rx.recv().await {
             let mut updates = vec![first];
             // Let the starts of one assignment set land in one batch.
@@ -148,7 +175,10 @@ impl Agent {
                 updates,
             };
             let mut backoff = Duration::from_millis(100);
-            while let Err(e) = client.update_status(batch.clone()).await {
+            while let Err(e) = DispatcherClient::new(self.channel())
+                .update_status(batch.clone())
+                .await
+            {
                 tracing::debug!("sending task status: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -158,9 +188,8 @@ impl Agent {
 
     /// Heartbeats at the period the manager asks for.
     async fn heartbeats(self: Arc<Self>) {
-        let mut client = DispatcherClient::new(self.channel.clone());
         loop {
-            let period = match client
+            let period = match DispatcherClient::new(self.channel())
                 .heartbeat(pd::HeartbeatRequest {
                     node_id: self.session.node_id.clone(),
                 })
