@@ -146,6 +146,17 @@ fn dialer(socket: PathBuf, target: AgentTarget) -> Dialer {
     })
 }
 
+/// Bad `--listen-addr`/`--advertise-addr` values are usage errors, found before the
+/// daemon is asked.
+fn check_addrs(listen: &Option<String>, advertise: &Option<String>) -> anyhow::Result<()> {
+    for (flag, value) in [("--listen-addr", listen), ("--advertise-addr", advertise)] {
+        if let Some(v) = value {
+            shoal_manager::port::parse_addr(flag, v).map_err(|e| UsageError(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// `shoal join`.
 pub async fn join(
     host: &Host,
@@ -156,14 +167,9 @@ pub async fn join(
 ) -> anyhow::Result<()> {
     // Bad input is found before the daemon is asked.
     shoal_manager::ca::JoinToken::parse(&token).map_err(|e| UsageError(e.to_string()))?;
-    let usage = |e: shoal_manager::port::PortError| UsageError(e.to_string());
-    shoal_manager::port::parse_addr("the manager address", &remote).map_err(usage)?;
-    if let Some(a) = &listen_addr {
-        shoal_manager::port::parse_addr("--listen-addr", a).map_err(usage)?;
-    }
-    if let Some(a) = &advertise_addr {
-        shoal_manager::port::parse_addr("--advertise-addr", a).map_err(usage)?;
-    }
+    shoal_manager::port::parse_addr("the manager address", &remote)
+        .map_err(|e| UsageError(e.to_string()))?;
+    check_addrs(&listen_addr, &advertise_addr)?;
     let mut c = ControlClient::new(connect(host).await?);
     let r = c
         .join_cluster(pc::JoinClusterRequest {
@@ -188,14 +194,7 @@ pub async fn init(
     listen_addr: Option<String>,
     advertise_addr: Option<String>,
 ) -> anyhow::Result<()> {
-    // Bad addresses are usage errors, found before the daemon is asked.
-    let usage = |e: shoal_manager::port::PortError| UsageError(e.to_string());
-    if let Some(a) = &listen_addr {
-        shoal_manager::port::parse_addr("--listen-addr", a).map_err(usage)?;
-    }
-    if let Some(a) = &advertise_addr {
-        shoal_manager::port::parse_addr("--advertise-addr", a).map_err(usage)?;
-    }
+    check_addrs(&listen_addr, &advertise_addr)?;
     let mut c = ControlClient::new(connect(host).await?);
     let r = c
         .init(pc::InitRequest {
@@ -315,6 +314,12 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
     }
+    let leader = c
+        .info(pc::InfoRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .leader;
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
@@ -329,8 +334,12 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
                     format!("Down ({})", n.status_message)
                 },
                 format!("{:?}", n.availability),
-                if n.manager {
+                if shoal_manager::server::raft_id(&n.id) == leader {
                     "Leader".into()
+                } else if n.manager && n.ready {
+                    "Reachable".into()
+                } else if n.manager {
+                    "Unreachable".into()
                 } else {
                     String::new()
                 },

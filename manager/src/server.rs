@@ -260,6 +260,12 @@ impl Manager {
                 nano_cpus: session.nano_cpus,
                 memory_bytes: session.memory_bytes,
             };
+            node.manager = node.id == self.node.id
+                || self
+                    .store
+                    .member_addrs()
+                    .iter()
+                    .any(|(id, _)| *id == raft_id(&node.id));
             if from_agent {
                 node.ready = true;
                 node.status_message.clear();
@@ -591,6 +597,37 @@ impl ManagerService {
         })
     }
 
+    /// A client of the leader's control API when this manager does not lead (writes go
+    /// there); None when it leads.
+    async fn forward(
+        &self,
+        m: &Manager,
+    ) -> Result<
+        Option<shoal_api::control::control_client::ControlClient<tonic::transport::Channel>>,
+        Status,
+    > {
+        if m.store.is_leader() {
+            return Ok(None);
+        }
+        let Some((_, addr)) = m.store.leader() else {
+            return Err(peers::not_leader(None));
+        };
+        let tls = NodeTls::load(&self.tls_dir())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| peers::not_leader(m.store.leader()))?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .tls_config(client_tls(&tls))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("forwarding to the leader at {addr}: {e}")))?;
+        Ok(Some(
+            shoal_api::control::control_client::ControlClient::new(channel),
+        ))
+    }
+
     /// The running manager, if this node is one.
     pub async fn manager(&self) -> Option<Arc<Manager>> {
         self.manager.read().await.clone()
@@ -881,12 +918,19 @@ impl Control for ManagerService {
                 "this node is already part of a cluster: \"shoal info\" shows it",
             ));
         }
-        // Refuse a port that cannot be opened before anything is written.
-        if let Err(e) = std::net::TcpListener::bind(listen) {
-            return Err(Status::failed_precondition(format!(
-                "cannot open the cluster port {listen}: {e}; choose another with --listen-addr IP:PORT"
-            )));
-        }
+        // Refuse a port that cannot be opened before anything is written; a port left to
+        // the kernel is chosen now, as the Raft membership records the address.
+        let listen = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| {
+                Status::failed_precondition(format!(
+                    "cannot open the cluster port {listen}: {e}; choose another with --listen-addr IP:PORT"
+                ))
+            })?;
+        let advertise = advertise.map(|a| match a.port() {
+            0 => std::net::SocketAddr::new(a.ip(), listen.port()),
+            _ => a,
+        });
         let addr = advertise
             .filter(|a| a.port() != 0)
             .unwrap_or_else(|| crate::port::default_advertise(listen));
@@ -1000,10 +1044,7 @@ impl Control for ManagerService {
             }));
         };
         let nodes = m.store.list(kinds::NODE).map_err(internal)?;
-        let managers = nodes
-            .iter()
-            .filter(|(_, v)| v.value["manager"] == true)
-            .count();
+        let managers = m.store.member_addrs().len();
         let tasks = m.store.list(kinds::TASK).map_err(internal)?;
         let port = self
             .port
@@ -1048,6 +1089,9 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::ObjectReply>, Status> {
         self.caller(&r, &[Role::Manager], "create service")?;
         let m = self.active().await?;
+        if let Some(mut leader) = self.forward(&m).await? {
+            return leader.create_service(r.into_inner()).await;
+        }
         let spec: ServiceSpec = serde_json::from_str(&r.into_inner().spec_json)
             .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))?;
         check_spec(&spec)?;
@@ -1099,6 +1143,9 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::ObjectReply>, Status> {
         self.caller(&r, &[Role::Manager], "update service")?;
         let m = self.active().await?;
+        if let Some(mut leader) = self.forward(&m).await? {
+            return leader.update_service(r.into_inner()).await;
+        }
         let r = r.into_inner();
         let (mut service, version) = find_service(&m, &r.service).await?;
         if r.version != 0 && r.version != version {
@@ -1174,6 +1221,9 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::RemoveReply>, Status> {
         self.caller(&r, &[Role::Manager], "remove service")?;
         let m = self.active().await?;
+        if let Some(mut leader) = self.forward(&m).await? {
+            return leader.remove_service(r.into_inner()).await;
+        }
         let (service, version) = find_service(&m, &r.into_inner().id).await?;
         m.store
             .write(Command::Delete {
@@ -1267,6 +1317,9 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::ObjectReply>, Status> {
         self.caller(&r, &[Role::Manager], "update node")?;
         let m = self.active().await?;
+        if let Some(mut leader) = self.forward(&m).await? {
+            return leader.update_node(r.into_inner()).await;
+        }
         let r = r.into_inner();
         let mut found = None;
         for (id, v) in m.store.list(kinds::NODE).map_err(internal)? {

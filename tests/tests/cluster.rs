@@ -1,7 +1,9 @@
-//! Two real daemons on this machine joined over the cluster port (mutual TLS on loopback):
-//! a worker joins with a token, tasks spread over both nodes, the worker is killed and its
+//! Real daemons on this machine joined over the cluster port (mutual TLS on loopback).
+//! A worker joins with a token, tasks spread over both nodes, the worker is killed and its
 //! tasks run on the manager within seconds, and when it comes back its stale containers
-//! are stopped. Bad tokens and a foreign CA are refused with clear errors.
+//! are stopped; bad tokens and a foreign CA are refused with clear errors. Three managers
+//! form a Raft cluster; a follower forwards writes; the leader is killed and another
+//! accepts writes within a second or so; the old leader comes back as a follower.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -27,9 +29,15 @@ fn running_per_node(d: &Daemon, service: &str) -> std::collections::BTreeMap<Str
     out
 }
 
+/// One test, so that the daemons of one part never share the bridge with the other's.
 #[test]
-fn a_worker_joins_runs_tasks_is_lost_and_comes_back() {
+fn workers_and_managers_join_and_survive_failures() {
     require_kernel!();
+    a_worker_joins_runs_tasks_is_lost_and_comes_back();
+    three_managers_fail_over();
+}
+
+fn a_worker_joins_runs_tasks_is_lost_and_comes_back() {
     let manager = Daemon::start("builtin");
     let mut worker = Daemon::start("builtin");
     manager.import_busybox("busybox:test");
@@ -144,4 +152,113 @@ fn a_worker_joins_runs_tasks_is_lost_and_comes_back() {
     }));
     assert_eq!(running_per_node(&manager, "web").values().sum::<usize>(), 4);
     manager.shoal(&["service", "rm", "web"]).ok();
+}
+
+fn join(d: &Daemon, token: &str, addr: &str) {
+    let r = d.shoal(&["join", "--token", token, addr]).ok();
+    assert!(r.stdout.contains("joined the cluster"), "{r:?}");
+}
+
+fn leader_of(ds: &[&Daemon]) -> Option<usize> {
+    ds.iter().position(|d| {
+        let r = d.shoal(&["node", "ls"]);
+        let me = info(d)["node_id"].as_str().unwrap_or("").to_string();
+        r.stdout
+            .lines()
+            .any(|l| l.contains("Leader") && !me.is_empty() && l.starts_with(&me[..12]))
+    })
+}
+
+fn three_managers_fail_over() {
+    let mut ds: Vec<Daemon> = (0..3).map(|_| Daemon::start("builtin")).collect();
+    for d in &ds {
+        d.import_busybox("busybox:test");
+    }
+    ds[0].shoal(&["init"]).ok();
+    let addr = info(&ds[0])["advertise_addr"].as_str().unwrap().to_string();
+    let token = ds[0]
+        .shoal(&["join-token", "manager", "-q"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    join(&ds[1], &token, &addr);
+    join(&ds[2], &token, &addr);
+    for d in &ds {
+        let i = info(d);
+        assert_eq!(i["role"], "manager", "{i}");
+        assert_eq!(i["managers"], 3, "{i}");
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let ls = ds[1].shoal(&["node", "ls"]).stdout;
+            ls.matches("Leader").count() == 1 && ls.matches("Reachable").count() == 2
+        }),
+        "{}",
+        ds[1].shoal(&["node", "ls"]).stdout
+    );
+
+    // A follower takes the write and forwards it to the leader.
+    let leader = {
+        let refs: Vec<&Daemon> = ds.iter().collect();
+        leader_of(&refs).expect("a leader")
+    };
+    let follower = (leader + 1) % 3;
+    ds[follower]
+        .shoal(&[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--stop-grace-period",
+            "1s",
+            "busybox:test",
+            "sleep",
+            "1000",
+        ])
+        .ok();
+    let spread = running_per_node(&ds[follower], "web");
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    assert!(spread.values().all(|n| *n == 2), "{spread:?}");
+
+    // The leader dies: another accepts writes soon, and its tasks run elsewhere.
+    ds[leader].kill9();
+    let killed = Instant::now();
+    let survivor = &ds[follower];
+    assert!(wait_for(Duration::from_secs(15), || {
+        survivor.shoal(&["service", "scale", "web=7", "-d"]).code == 0
+    }));
+    eprintln!(
+        "leader killed → first accepted write after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let spread = running_per_node(survivor, "web");
+            spread.values().sum::<usize>() == 7 && spread.len() == 2
+        }),
+        "not converged on the survivors: {:?}",
+        running_per_node(survivor, "web")
+    );
+
+    // The old leader comes back as a follower; its stale containers stop.
+    ds[leader].restart();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            ds[leader]
+                .shoal(&["container", "ls", "-q"])
+                .stdout
+                .trim()
+                .is_empty()
+        }),
+        "stale containers on the old leader: {}",
+        ds[leader].shoal(&["container", "ls"]).stdout
+    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        let ls = ds[leader].shoal(&["node", "ls"]).stdout;
+        ls.matches("Leader").count() == 1 && ls.matches("Reachable").count() == 2
+    }));
+    ds[follower].shoal(&["service", "rm", "web"]).ok();
 }

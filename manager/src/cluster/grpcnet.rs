@@ -116,7 +116,10 @@ impl GrpcLink {
                 Which::Snapshot => client.install_snapshot(msg).await,
             }
         };
-        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+        // A first call also makes the TLS connection, which takes longer than a heartbeat
+        // interval; a slow answer only delays this link, elections keep their own timers.
+        let ttl = option.hard_ttl().max(Duration::from_secs(1));
+        let reply = match tokio::time::timeout(ttl, call).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => {
                 self.client = None;
@@ -130,9 +133,7 @@ impl GrpcLink {
             Err(_) => {
                 return Err(LinkError(format!(
                     "manager {} at {}: no answer within {:?}",
-                    self.target,
-                    self.addr,
-                    option.hard_ttl()
+                    self.target, self.addr, ttl
                 )));
             }
         };
