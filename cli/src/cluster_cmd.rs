@@ -25,7 +25,7 @@ use crate::image_cmd::status;
 use crate::output;
 
 /// This node's identity, kept under the data root so it survives restarts.
-pub fn self_node(data_root: &Path) -> anyhow::Result<SelfNode> {
+pub fn self_node(data_root: &Path, hostname: Option<&str>) -> anyhow::Result<SelfNode> {
     std::fs::create_dir_all(data_root)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", data_root.display()))?;
     let file = data_root.join("node-id");
@@ -42,9 +42,12 @@ pub fn self_node(data_root: &Path) -> anyhow::Result<SelfNode> {
             id
         }
     };
-    let hostname = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let hostname = match hostname {
+        Some(h) => h.to_string(),
+        None => nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as i64)
         .unwrap_or(1);

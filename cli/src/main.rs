@@ -229,6 +229,9 @@ struct DaemonArgs {
     /// host's first non-loopback IPv4 address).
     #[arg(long)]
     advertise_addr: Option<String>,
+    /// The name this node goes by in the cluster (default: the host's name).
+    #[arg(long)]
+    hostname: Option<String>,
 }
 
 fn main() {
@@ -357,6 +360,7 @@ async fn dev(a: dev_cmd::DevArgs) -> anyhow::Result<()> {
         // A one-node cluster nobody joins: the cluster port on loopback, any free port.
         listen_addr: "127.0.0.1:0".into(),
         advertise_addr: None,
+        hostname: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(run_daemon(args, async move {
@@ -423,7 +427,19 @@ async fn run_daemon(
             .transpose()
             .map_err(usage)?,
     };
-    let node = cluster_cmd::self_node(&opts.data_root)?;
+    if let Some(h) = &a.hostname
+        && (h.is_empty()
+            || h.len() > 63
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    {
+        return Err(UsageError(format!(
+            "invalid --hostname \"{h}\": letters, digits, '-' and '.', at most 63"
+        ))
+        .into());
+    }
+    let node = cluster_cmd::self_node(&opts.data_root, a.hostname.as_deref())?;
     let run_root = opts.run_root.clone();
     let manager_dir = opts.data_root.join("manager");
     let extend = move |engine| {

@@ -711,8 +711,12 @@ impl ManagerService {
             advertise,
         };
         crate::port::save_config(&self.dir, &config).map_err(port_err)?;
-        m.set_node_addr(&self.node.id, &advertise.to_string())
-            .await?;
+        // Recorded by the leader only; a follower's record keeps the address it joined with.
+        if m.store.is_leader()
+            && let Err(e) = m.set_node_addr(&self.node.id, &advertise.to_string()).await
+        {
+            tracing::warn!("recording this node's address: {e}");
+        }
         *self.port.lock().unwrap_or_else(|e| e.into_inner()) = Some((config.clone(), stop));
         Ok(config)
     }

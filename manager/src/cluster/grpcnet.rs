@@ -54,12 +54,16 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNet {
     type Network = GrpcLink;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcLink {
-        GrpcLink {
+        let mut link = GrpcLink {
             target,
             addr: node.addr.clone(),
             net: self.clone(),
             client: None,
-        }
+        };
+        // Connect (TCP and TLS) now, so that the first message does not spend its time
+        // limit, a heartbeat interval, on the handshake.
+        link.connect().await;
+        link
     }
 }
 
@@ -72,6 +76,25 @@ pub struct GrpcLink {
 }
 
 impl GrpcLink {
+    async fn connect(&mut self) {
+        let Some(tls) = self.net.tls() else { return };
+        let Ok(endpoint) = Endpoint::from_shared(format!("https://{}", self.addr)) else {
+            return;
+        };
+        let Ok(endpoint) = endpoint.tls_config(tls) else {
+            return;
+        };
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        if let Ok(Ok(channel)) =
+            tokio::time::timeout(Duration::from_millis(500), endpoint.connect()).await
+        {
+            self.client = Some(RaftClient::new(channel));
+        }
+    }
+
     fn client(&mut self) -> Result<RaftClient<Channel>, LinkError> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
