@@ -142,7 +142,9 @@ pub async fn connect(host: &Host) -> anyhow::Result<Channel> {
 /// Turns a daemon error into one line, with the exit code it carries (1 unless the
 /// daemon set `shoal-exit-code`).
 pub fn status(s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::Unavailable {
+    // A broken connection to the daemon carries the transport's error as its source; the
+    // daemon's own "unavailable" answers (no leader, say) carry none and speak for themselves.
+    if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_some() {
         return anyhow::anyhow!("the shoal daemon went away: {}", s.message());
     }
     let code = s

@@ -77,6 +77,7 @@ pub async fn manager_routes(
     dir: PathBuf,
     run_root: PathBuf,
     port_defaults: PortDefaults,
+    options: ManagerOptions,
 ) -> Result<Option<tonic::service::Routes>, DaemonError> {
     let socket = shoal_worker::daemon::socket_path(&run_root);
     let session = SessionRequest {
@@ -94,15 +95,9 @@ pub async fn manager_routes(
             tokio::spawn(Agent::new(engine, dialer(socket, target), session).run());
         });
     });
-    let svc = ManagerService::new(
-        dir,
-        node,
-        ManagerOptions::default(),
-        port_defaults,
-        on_active,
-    )
-    .await
-    .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
+    let svc = ManagerService::new(dir, node, options, port_defaults, on_active)
+        .await
+        .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
     Ok(Some(
         tonic::service::Routes::new(ControlServer::new(svc.clone()))
             .add_service(DispatcherServer::new(svc)),

@@ -232,6 +232,17 @@ struct DaemonArgs {
     /// The name this node goes by in the cluster (default: the host's name).
     #[arg(long)]
     hostname: Option<String>,
+    /// Managers: the shortest Raft election timeout (the longest is twice that, leader
+    /// heartbeats come three times as often); a killed leader is replaced after about 3×.
+    #[arg(long, default_value = "100ms")]
+    election_timeout: String,
+    /// Managers: how often agents heartbeat.
+    #[arg(long, default_value = "1s")]
+    node_heartbeat: String,
+    /// Managers: heartbeats a node may miss before it is marked down and its tasks run
+    /// elsewhere.
+    #[arg(long, default_value_t = 3)]
+    node_heartbeat_misses: u32,
 }
 
 fn main() {
@@ -361,6 +372,9 @@ async fn dev(a: dev_cmd::DevArgs) -> anyhow::Result<()> {
         listen_addr: "127.0.0.1:0".into(),
         advertise_addr: None,
         hostname: None,
+        election_timeout: "100ms".into(),
+        node_heartbeat: "1s".into(),
+        node_heartbeat_misses: 3,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(run_daemon(args, async move {
@@ -439,11 +453,46 @@ async fn run_daemon(
         ))
         .into());
     }
+    let duration = |flag: &str, v: &str, min: u64, max: u64| {
+        service_flags::millis(flag, v)
+            .ok()
+            .filter(|ms| (min..=max).contains(ms))
+            .map(std::time::Duration::from_millis)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "invalid {flag} \"{v}\": give a duration between {min} ms and {max} ms, such as 100ms or 2s"
+                ))
+            })
+    };
+    if a.node_heartbeat_misses == 0 || a.node_heartbeat_misses > 100 {
+        return Err(UsageError(format!(
+            "invalid --node-heartbeat-misses {}: give 1 to 100",
+            a.node_heartbeat_misses
+        ))
+        .into());
+    }
+    let manager_options = shoal_manager::server::ManagerOptions {
+        heartbeat_period: duration("--node-heartbeat", &a.node_heartbeat, 50, 60_000)?,
+        heartbeat_misses: a.node_heartbeat_misses,
+        raft: shoal_manager::cluster::Timings::from_election(duration(
+            "--election-timeout",
+            &a.election_timeout,
+            30,
+            60_000,
+        )?),
+    };
     let node = cluster_cmd::self_node(&opts.data_root, a.hostname.as_deref())?;
     let run_root = opts.run_root.clone();
     let manager_dir = opts.data_root.join("manager");
     let extend = move |engine| {
-        cluster_cmd::manager_routes(engine, node, manager_dir, run_root, port_defaults)
+        cluster_cmd::manager_routes(
+            engine,
+            node,
+            manager_dir,
+            run_root,
+            port_defaults,
+            manager_options,
+        )
     };
     shoal_worker::daemon::run(opts, shutdown, extend)
         .await

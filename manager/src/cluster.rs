@@ -80,9 +80,11 @@ fn write_error(
     }
 }
 
-/// Raft timings. The defaults favour fast failover on a LAN: a leader is suspected after
-/// 150-300 ms without heartbeats (Swarm's defaults wait 10 s and more).
-#[derive(Debug, Clone)]
+/// Raft timings. The defaults favour fast failover on a LAN: a follower that has heard
+/// nothing from its leader for the lease (the election timeout's maximum) plus a random
+/// election timeout, 300-400 ms in all, stands for election (Swarm's defaults wait 10 s and
+/// more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
     /// How often the leader sends heartbeats.
     pub heartbeat: Duration,
@@ -94,10 +96,18 @@ pub struct Timings {
 
 impl Default for Timings {
     fn default() -> Self {
+        Timings::from_election(Duration::from_millis(100))
+    }
+}
+
+impl Timings {
+    /// Timings from the election timeout's minimum: up to twice that, with heartbeats
+    /// three times as often.
+    pub fn from_election(min: Duration) -> Timings {
         Timings {
-            heartbeat: Duration::from_millis(50),
-            election_min: Duration::from_millis(150),
-            election_max: Duration::from_millis(300),
+            heartbeat: (min / 3).max(Duration::from_millis(5)),
+            election_min: min,
+            election_max: min * 2,
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct ManagerOptions {
     pub heartbeat_period: Duration,
     /// Heartbeats a node may miss before it is marked down (and its tasks run elsewhere).
     pub heartbeat_misses: u32,
+    /// Raft's timings between managers.
+    pub raft: Timings,
 }
 
 impl Default for ManagerOptions {
@@ -59,6 +61,7 @@ impl Default for ManagerOptions {
         ManagerOptions {
             heartbeat_period: Duration::from_millis(1000),
             heartbeat_misses: 3,
+            raft: Timings::default(),
         }
     }
 }
@@ -95,8 +98,7 @@ impl Manager {
     ) -> Result<Arc<Manager>, ClusterError> {
         let net = GrpcNet::new();
         let id = raft_id(&node.id);
-        let store =
-            Arc::new(ClusterStore::open_with(&dir, id, &Timings::default(), net.clone()).await?);
+        let store = Arc::new(ClusterStore::open_with(&dir, id, &options.raft, net.clone()).await?);
         match how {
             Start::Init(addr) if !dir.join(JOINED_MARK).exists() => store.bootstrap(addr).await?,
             _ => {}
@@ -598,7 +600,8 @@ impl ManagerService {
     }
 
     /// A client of the leader's control API when this manager does not lead (writes go
-    /// there); None when it leads.
+    /// there); None when it leads. During an election it waits (up to 5 s) for the new
+    /// leader rather than failing at once.
     async fn forward(
         &self,
         m: &Manager,
@@ -606,26 +609,38 @@ impl ManagerService {
         Option<shoal_api::control::control_client::ControlClient<tonic::transport::Channel>>,
         Status,
     > {
-        if m.store.is_leader() {
-            return Ok(None);
+        let tls = NodeTls::load(&self.tls_dir()).map_err(|e| Status::internal(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut last = None;
+        loop {
+            if m.store.is_leader() {
+                return Ok(None);
+            }
+            let leader = m.store.leader();
+            if let (Some((_, addr)), Some(tls)) = (&leader, &tls) {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .tls_config(client_tls(tls))
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .connect_timeout(Duration::from_millis(500));
+                match endpoint.connect().await {
+                    Ok(channel) => {
+                        return Ok(Some(
+                            shoal_api::control::control_client::ControlClient::new(channel),
+                        ));
+                    }
+                    Err(e) => last = Some(format!("the leader at {addr} is unreachable ({e})")),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = last.unwrap_or_else(|| peers::not_leader(leader).message().to_string());
+                return Err(Status::unavailable(format!(
+                    "{why}: no manager took over within 5 s; without a quorum of managers the \
+                     cluster takes no writes (reads still answer)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let Some((_, addr)) = m.store.leader() else {
-            return Err(peers::not_leader(None));
-        };
-        let tls = NodeTls::load(&self.tls_dir())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| peers::not_leader(m.store.leader()))?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .tls_config(client_tls(&tls))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("forwarding to the leader at {addr}: {e}")))?;
-        Ok(Some(
-            shoal_api::control::control_client::ControlClient::new(channel),
-        ))
     }
 
     /// The running manager, if this node is one.
@@ -1530,6 +1545,7 @@ mod tests {
         let options = ManagerOptions {
             heartbeat_period: Duration::from_millis(50),
             heartbeat_misses: 3,
+            raft: Timings::default(),
         };
         let me = SelfNode {
             id: "m1".into(),

@@ -24,6 +24,11 @@ type Running = Arc<Mutex<HashMap<String, BTreeMap<String, (String, u64)>>>>;
 const OPTIONS: ManagerOptions = ManagerOptions {
     heartbeat_period: Duration::from_millis(100),
     heartbeat_misses: 3,
+    raft: Timings {
+        heartbeat: Duration::from_millis(50),
+        election_min: Duration::from_millis(150),
+        election_max: Duration::from_millis(300),
+    },
 };
 
 struct Member {
