@@ -42,7 +42,8 @@ struct Member {
 struct Cluster {
     _dirs: Vec<tempfile::TempDir>,
     net: MemNet,
-    members: Vec<Member>,
+    /// None while a manager is being restarted.
+    members: Vec<Option<Member>>,
     /// Which managers are up (fake workers only call those).
     up: Arc<Mutex<BTreeSet<usize>>>,
     apis: Vec<ManagerService>,
@@ -62,6 +63,10 @@ fn self_node(id: &str) -> SelfNode {
 }
 
 impl Cluster {
+    fn m(&self, i: usize) -> &Member {
+        self.members[i].as_ref().expect("manager being restarted")
+    }
+
     async fn start(managers: u64) -> Cluster {
         let net = MemNet::new();
         let timings = Timings::default();
@@ -86,22 +91,22 @@ impl Cluster {
             .set_voters((1..=managers).collect())
             .await
             .unwrap();
-        let members: Vec<Member> = members
+        let members: Vec<Option<Member>> = members
             .into_iter()
             .enumerate()
             .map(|(i, store)| {
                 let id = i as u64 + 1;
                 let manager = Manager::run(store.clone(), self_node(&format!("m{id}")), OPTIONS);
                 let api = ManagerService::serving(manager.clone());
-                Member {
+                Some(Member {
                     id,
                     store,
                     manager,
                     api,
-                }
+                })
             })
             .collect();
-        let apis = members.iter().map(|m| m.api.clone()).collect();
+        let apis = members.iter().flatten().map(|m| m.api.clone()).collect();
         Cluster {
             _dirs: dirs,
             net,
@@ -118,7 +123,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let up = self.up.lock().unwrap().clone();
-            if let Some(i) = up.iter().find(|i| self.members[**i].store.is_leader()) {
+            if let Some(i) = up.iter().find(|i| self.m(**i).store.is_leader()) {
                 return *i;
             }
             assert!(Instant::now() < deadline, "no manager leads after 10 s");
@@ -129,8 +134,45 @@ impl Cluster {
     /// Stops manager `i` as `kill -9` would: it answers nobody from now on.
     async fn kill(&self, i: usize) {
         self.up.lock().unwrap().remove(&i);
-        self.net.unplug(self.members[i].id);
-        self.members[i].manager.stop().await;
+        self.net.unplug(self.m(i).id);
+        self.m(i).manager.stop().await;
+    }
+
+    /// Starts manager `i` again on its state, as a restarted daemon would.
+    async fn restart(&mut self, i: usize) {
+        let id = self.m(i).id;
+        let dir = self._dirs[i].path().to_path_buf();
+        // Let go of every handle on the old one (its files stay locked while any lives).
+        self.members[i] = None;
+        self.apis.clear();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // openraft lets go of the files a moment after it stops.
+        let store = loop {
+            match ClusterStore::open_with(&dir, id, &OPTIONS.raft, self.net.endpoint(id)).await {
+                Ok(s) => break Arc::new(s),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("reopening manager {id}: {e}"),
+            }
+        };
+        self.net.plug(id, store.raft().clone());
+        let manager = Manager::run(store.clone(), self_node(&format!("m{id}")), OPTIONS);
+        let api = ManagerService::serving(manager.clone());
+        self.members[i] = Some(Member {
+            id,
+            store,
+            manager,
+            api,
+        });
+        self.apis = self
+            .members
+            .iter()
+            .flatten()
+            .map(|m| m.api.clone())
+            .collect();
+        self.up.lock().unwrap().insert(i);
     }
 
     fn start_worker(&mut self, name: &str) {
@@ -157,7 +199,7 @@ impl Cluster {
     }
 
     async fn control(&self) -> &ManagerService {
-        &self.members[self.leader().await].api
+        &self.m(self.leader().await).api
     }
 
     async fn tasks(&self, service: &str) -> Vec<Task> {
@@ -363,7 +405,7 @@ async fn three_managers_keep_services_converged_through_leader_and_worker_loss()
         c.start_worker(w);
     }
     let first = c.leader().await;
-    let (voters, learners) = c.members[first].store.members();
+    let (voters, learners) = c.m(first).store.members();
     assert_eq!(voters, BTreeSet::from([1, 2, 3]));
     assert!(learners.is_empty());
 
@@ -372,7 +414,8 @@ async fn three_managers_keep_services_converged_through_leader_and_worker_loss()
 
     // Followers refuse writes and name the leader; they still answer reads.
     let follower = (0..3).find(|i| *i != first).unwrap();
-    let err = c.members[follower]
+    let err = c
+        .m(follower)
         .api
         .create_service(Request::new(pc::CreateServiceRequest {
             spec_json: serde_json::to_string(&ServiceSpec {
@@ -391,7 +434,8 @@ async fn three_managers_keep_services_converged_through_leader_and_worker_loss()
         "{}",
         err.message()
     );
-    let read = c.members[follower]
+    let read = c
+        .m(follower)
         .api
         .list_services(Request::new(pc::ListRequest {}))
         .await
@@ -458,9 +502,89 @@ async fn three_managers_keep_services_converged_through_leader_and_worker_loss()
 
     let up = c.up.lock().unwrap().clone();
     for i in up {
-        c.members[i].manager.stop().await;
+        c.m(i).manager.stop().await;
     }
     for (_, w) in c.workers.drain() {
         w.abort();
+    }
+}
+
+/// Writes through whichever manager leads while leaders are killed and restarted, again
+/// and again: every write that was acknowledged is on every manager at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_repeated_leader_kills() {
+    use shoal_manager::store::{Command, CommandResult};
+    let mut c = Cluster::start(3).await;
+    let mut acknowledged = Vec::new();
+    let mut n = 0u64;
+    for round in 0..6 {
+        // Write until a few are in, then kill the leader with writes in flight.
+        let leader = c.leader().await;
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let store = c.m(leader).store.clone();
+            writers.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                for k in 0..500u64 {
+                    let id = format!("r{round}-w{w}-{k}");
+                    let cmd = Command::Put {
+                        kind: "probe".into(),
+                        id: id.clone(),
+                        value: serde_json::json!({ "k": k }),
+                        expected_version: None,
+                    };
+                    match store.write(cmd).await {
+                        Ok(CommandResult::Applied(_)) => done.push(id),
+                        _ => break,
+                    }
+                }
+                done
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.kill(leader).await;
+        for w in writers {
+            let done = w.await.unwrap();
+            n += done.len() as u64;
+            acknowledged.extend(done);
+        }
+        let next = c.leader().await;
+        assert_ne!(next, leader, "round {round}");
+        c.restart(leader).await;
+    }
+    assert!(n > 0, "no write was acknowledged at all");
+    // Every manager catches up and holds every acknowledged write.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for m in c.members.iter().flatten() {
+        loop {
+            let have: BTreeSet<String> = m
+                .store
+                .list("probe")
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            let missing: Vec<&String> = acknowledged
+                .iter()
+                .filter(|id| !have.contains(*id))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "manager {} lacks {} of {} acknowledged writes, such as {:?}",
+                m.id,
+                missing.len(),
+                acknowledged.len(),
+                missing.first()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("{n} acknowledged writes across 6 leader kills, all on every manager");
+    let up = c.up.lock().unwrap().clone();
+    for i in up {
+        c.m(i).manager.stop().await;
     }
 }
