@@ -201,8 +201,21 @@ mod tests {
             status(s).downcast_ref::<crate::CodedError>().unwrap().0,
             126
         );
-        let gone = status(tonic::Status::unavailable("broken pipe")).to_string();
-        assert_eq!(gone, "the shoal daemon went away: broken pipe");
+        // A broken connection: the transport's error is the source.
+        let mut broken = tonic::Status::unavailable("broken pipe");
+        broken.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )));
+        assert_eq!(
+            status(broken).to_string(),
+            "the shoal daemon went away: broken pipe"
+        );
+        // The daemon's own "unavailable" answers speak for themselves.
+        let no_leader = tonic::Status::unavailable("no manager leads the cluster right now");
+        assert_eq!(
+            status(no_leader).to_string(),
+            "no manager leads the cluster right now"
+        );
     }
 
     /// A path under the temp directory that is removed when the test ends.
