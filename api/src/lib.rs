@@ -7,6 +7,10 @@ pub mod types;
 /// address, so that callers go there.
 pub const LEADER_METADATA: &str = "shoal-leader";
 
+/// The metadata key set on the answer to a node that was removed from the cluster: its
+/// agent stops and the node leaves.
+pub const REMOVED_METADATA: &str = "shoal-removed";
+
 /// The control API of managers: cluster, services, tasks, nodes.
 pub mod control {
     #![allow(missing_docs, clippy::all)]

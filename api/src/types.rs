@@ -447,6 +447,37 @@ pub struct Node {
     /// Where other nodes reach it (host:port of its cluster port; managers only).
     #[serde(default)]
     pub addr: String,
+    /// The role `node promote`/`demote` asked for; None: as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_role: Option<NodeRole>,
+    /// Certificates of this node issued before this time (Unix seconds) are refused: set
+    /// when a manager is demoted, so that its manager certificate stops working.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub certs_since: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Runs tasks.
+    Worker,
+    /// Runs Raft and the control plane (and tasks).
+    Manager,
+}
+
+impl NodeRole {
+    /// `manager` or `worker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Manager => "manager",
+            NodeRole::Worker => "worker",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@ use shoal_api::dispatcher::SessionRequest;
 use shoal_api::dispatcher::dispatcher_server::DispatcherServer;
 use shoal_api::types::{Node, ResourceAmounts};
 use shoal_manager::server::{
-    AgentTarget, ManagerOptions, ManagerService, PortDefaults, SelfNode, client_tls,
+    AgentControl, AgentOrder, AgentTarget, ManagerOptions, ManagerService, PortDefaults, SelfNode,
+    client_tls,
 };
-use shoal_worker::agent::{Agent, Dialer};
+use shoal_worker::agent::{Agent, Dialer, News, Newsroom};
 use shoal_worker::daemon::DaemonError;
 use shoal_worker::engine::Engine;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -88,16 +89,54 @@ pub async fn manager_routes(
         nano_cpus: node.resources.nano_cpus,
         memory_bytes: node.resources.memory_bytes,
     };
-    let once = Arc::new(std::sync::Once::new());
-    let on_active: Arc<dyn Fn(AgentTarget) + Send + Sync> = Arc::new(move |target| {
-        let (engine, socket, session) = (engine.clone(), socket.clone(), session.clone());
-        once.call_once(move || {
-            tokio::spawn(Agent::new(engine, dialer(socket, target), session).run());
+    // The agent hears the cluster's word on this node (its role, its removal) with its
+    // heartbeats; the manager's services act on it. They exist only after the agent
+    // control below is handed to them, hence the cell.
+    let services: Arc<std::sync::OnceLock<ManagerService>> = Default::default();
+    let cell = services.clone();
+    let news: Newsroom = Arc::new(move |n| {
+        let Some(svc) = cell.get().cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match n {
+                News::Role(role) => svc.role_wanted(&role).await,
+                News::Removed => svc.removed().await,
+            }
         });
     });
-    let svc = ManagerService::new(dir, node, options, port_defaults, on_active)
+    let current: Arc<tokio::sync::Mutex<Option<Arc<Agent>>>> = Default::default();
+    let agent: AgentControl = Arc::new(move |order| {
+        let (engine, socket, session, news, current) = (
+            engine.clone(),
+            socket.clone(),
+            session.clone(),
+            news.clone(),
+            current.clone(),
+        );
+        Box::pin(async move {
+            let mut current = current.lock().await;
+            let old = current.take();
+            match order {
+                AgentOrder::Run(target) => {
+                    if let Some(old) = old {
+                        old.stop(false).await;
+                    }
+                    let a = Agent::new(engine, dialer(socket, target), session, news);
+                    tokio::spawn(a.clone().run());
+                    *current = Some(a);
+                }
+                AgentOrder::Stop => match old {
+                    Some(old) => old.stop(true).await,
+                    None => shoal_worker::agent::remove_task_containers(&engine).await,
+                },
+            }
+        })
+    });
+    let svc = ManagerService::new(dir, node, options, port_defaults, agent)
         .await
         .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
+    let _ = services.set(svc.clone());
     Ok(Some(
         tonic::service::Routes::new(ControlServer::new(svc.clone()))
             .add_service(DispatcherServer::new(svc)),
@@ -124,10 +163,18 @@ fn dialer(socket: PathBuf, target: AgentTarget) -> Dialer {
         if let Some(channel) = leader.and_then(remote) {
             return channel;
         }
+        // The managers as last written down (they change with promotions and demotions).
+        let saved: Option<Vec<String>> = target
+            .managers_file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .filter(|m: &Vec<String>| !m.is_empty());
+        let managers = saved.as_ref().unwrap_or(&target.managers);
         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let candidates = target.managers.len() + usize::from(target.local);
+        let candidates = managers.len() + usize::from(target.local);
         let pick = n % candidates.max(1);
-        if target.local && pick == 0 || target.managers.is_empty() {
+        if target.local && pick == 0 || managers.is_empty() {
             let socket = socket.clone();
             return Endpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
                 tower::service_fn(move |_: Uri| {
@@ -139,7 +186,7 @@ fn dialer(socket: PathBuf, target: AgentTarget) -> Dialer {
                 }),
             );
         }
-        let addr = &target.managers[(pick - usize::from(target.local)) % target.managers.len()];
+        let addr = &managers[(pick - usize::from(target.local)) % managers.len()];
         remote(addr).unwrap_or_else(|| Endpoint::from_static("http://[::]:1").connect_lazy())
     })
 }
@@ -191,17 +238,36 @@ pub async fn init(
     host: &Host,
     listen_addr: Option<String>,
     advertise_addr: Option<String>,
+    force_new_cluster: bool,
 ) -> anyhow::Result<()> {
     check_addrs(&listen_addr, &advertise_addr)?;
+    if force_new_cluster && (listen_addr.is_some() || advertise_addr.is_some()) {
+        return Err(UsageError(
+            "--force-new-cluster keeps this manager's cluster port: drop --listen-addr and \
+             --advertise-addr"
+                .into(),
+        )
+        .into());
+    }
     let mut c = ControlClient::new(connect(host).await?);
     let r = c
         .init(pc::InitRequest {
             listen_addr: listen_addr.unwrap_or_default(),
             advertise_addr: advertise_addr.unwrap_or_default(),
+            force_new_cluster,
         })
         .await
         .map_err(status)?
         .into_inner();
+    if force_new_cluster {
+        println!(
+            "This node ({}) is now the only manager of the cluster, with its services, nodes \
+             and secrets. The other managers become workers when they come back: promote \
+             nodes to restore fault tolerance (shoal node promote NODE).",
+            r.node_id
+        );
+        return Ok(());
+    }
     println!(
         "Cluster initialized: this node ({}) is now its manager.",
         r.node_id
@@ -402,9 +468,84 @@ pub async fn node_update(
         availability: availability.unwrap_or_default(),
         label_add,
         label_rm,
+        role: String::new(),
     })
     .await
     .map_err(status)?;
     println!("{node}");
+    Ok(())
+}
+
+/// Runs `op` for each key; a failing one is reported and does not stop the others (the
+/// command then exits 1).
+async fn for_each_node<F, Fut>(keys: Vec<String>, mut op: F) -> anyhow::Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut failed = false;
+    for k in keys {
+        if let Err(e) = op(k).await {
+            eprintln!("error: {e}");
+            failed = true;
+        }
+    }
+    match failed {
+        true => Err(crate::ExitCode(1).into()),
+        false => Ok(()),
+    }
+}
+
+/// `shoal node promote` (`role` manager) and `shoal node demote` (worker).
+pub async fn node_role(host: &Host, keys: Vec<String>, role: &str) -> anyhow::Result<()> {
+    let c = ControlClient::new(connect(host).await?);
+    for_each_node(keys, |node| {
+        let mut c = c.clone();
+        async move {
+            c.update_node(pc::UpdateNodeRequest {
+                node: node.clone(),
+                role: role.into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status)?;
+            match role {
+                "manager" => println!("Node {node} promoted to a manager."),
+                _ => println!("Manager {node} demoted to a worker."),
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// `shoal node rm`.
+pub async fn node_rm(host: &Host, keys: Vec<String>, force: bool) -> anyhow::Result<()> {
+    let c = ControlClient::new(connect(host).await?);
+    for_each_node(keys, |node| {
+        let mut c = c.clone();
+        async move {
+            c.remove_node(pc::RemoveNodeRequest {
+                node: node.clone(),
+                force,
+            })
+            .await
+            .map_err(status)?;
+            println!("{node}");
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// `shoal leave`.
+pub async fn leave(host: &Host, force: bool) -> anyhow::Result<()> {
+    let mut c = ControlClient::new(connect(host).await?);
+    let r = c
+        .leave_cluster(pc::LeaveRequest { force })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("{}", r.message);
     Ok(())
 }

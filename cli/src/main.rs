@@ -87,6 +87,10 @@ enum Command {
         /// this host's first non-loopback IPv4 address).
         #[arg(long)]
         advertise_addr: Option<String>,
+        /// On a manager of a cluster that lost its quorum: make a new one-manager cluster
+        /// of this manager's state (the other managers come back as workers).
+        #[arg(long)]
+        force_new_cluster: bool,
     },
     /// Join this node to a cluster, as a worker or a manager (the token says which).
     Join {
@@ -101,6 +105,14 @@ enum Command {
         /// Managers: the address the others reach this node at.
         #[arg(long)]
         advertise_addr: Option<String>,
+    },
+    /// Leave the cluster: this node's tasks stop, its certificate (and a manager's Raft
+    /// state) is deleted. A manager whose leaving would cost the cluster its quorum refuses.
+    Leave {
+        /// Leave even so: the last manager (the cluster's state is erased), a manager
+        /// without whom Raft loses its quorum, or a node the managers cannot be told about.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Print the token a node joins the cluster with.
     JoinToken {
@@ -200,6 +212,29 @@ enum NodeCommand {
         /// The node (id or hostname).
         node: String,
     },
+    /// Make nodes managers (they join Raft, as learners first, then voters).
+    Promote {
+        /// Nodes by id or hostname.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers (refused when it would cost the cluster its quorum).
+    Demote {
+        /// Nodes by id or hostname.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster: their certificates stop working, their tasks run
+    /// elsewhere.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node that is up, too (it stops its tasks and leaves).
+        #[arg(short, long)]
+        force: bool,
+        /// Nodes by id or hostname.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -220,7 +255,10 @@ struct DaemonArgs {
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info,openraft=warn")]
+    #[arg(
+        long,
+        default_value = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off"
+    )]
     log_level: String,
     /// Where a manager's cluster port listens: IP, IP:PORT or :PORT.
     #[arg(long, default_value = "0.0.0.0:4242")]
@@ -301,13 +339,15 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Init {
             listen_addr,
             advertise_addr,
-        } => cluster_cmd::init(&host, listen_addr, advertise_addr).await,
+            force_new_cluster,
+        } => cluster_cmd::init(&host, listen_addr, advertise_addr, force_new_cluster).await,
         Command::Join {
             token,
             manager,
             listen_addr,
             advertise_addr,
         } => cluster_cmd::join(&host, token, manager, listen_addr, advertise_addr).await,
+        Command::Leave { force } => cluster_cmd::leave(&host, force).await,
         Command::JoinToken {
             role,
             rotate,
@@ -327,6 +367,15 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
             label_rm,
             node,
         }) => cluster_cmd::node_update(&host, node, availability, label_add, label_rm).await,
+        Command::Node(NodeCommand::Promote { nodes }) => {
+            cluster_cmd::node_role(&host, nodes, "manager").await
+        }
+        Command::Node(NodeCommand::Demote { nodes }) => {
+            cluster_cmd::node_role(&host, nodes, "worker").await
+        }
+        Command::Node(NodeCommand::Rm { force, nodes }) => {
+            cluster_cmd::node_rm(&host, nodes, force).await
+        }
         Command::Run(a) => container_cmd::run(&host, C::Run(a)).await,
         Command::Create(a) => container_cmd::run(&host, C::Create(a)).await,
         Command::Start { containers } => container_cmd::run(&host, C::Start { containers }).await,

@@ -126,6 +126,19 @@ impl Ca {
     /// Signs the key in `csr_pem` for node `node_id` in `role`. Only the public key of the
     /// request is used: the name, role and lifetime are the CA's to choose.
     pub fn issue(&self, csr_pem: &str, node_id: &str, role: Role) -> Result<String, CaError> {
+        self.issue_since(csr_pem, node_id, role, 0)
+    }
+
+    /// [`Ca::issue`], for a certificate that counts as issued no earlier than `since`
+    /// (Unix seconds): a node whose older certificates were revoked at `since` gets one
+    /// that passes the check (see [`Identity::issued_at`]).
+    pub fn issue_since(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        role: Role,
+        since: u64,
+    ) -> Result<String, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| cert_err(format!("the certificate request is not valid: {e}")))?;
         let key = KeyPair::from_pem(&self.key_pem).map_err(cert_err)?;
@@ -148,8 +161,12 @@ impl Ca {
         ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
+        let since = time::OffsetDateTime::from_unix_timestamp(since.min(i64::MAX as u64) as i64)
+            .map_err(cert_err)?;
         params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + NODE_CERT_VALIDITY;
+        // The expiry tells when the certificate was issued (expiry - validity), which the
+        // revocation check compares; the start leaves an hour for clocks that differ.
+        params.not_after = now.max(since) + NODE_CERT_VALIDITY;
         let request = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -178,6 +195,9 @@ pub struct Identity {
     pub not_after: SystemTime,
     /// When it became valid.
     pub not_before: SystemTime,
+    /// When it was issued (its expiry less [`NODE_CERT_VALIDITY`]), Unix seconds: what
+    /// revocation compares.
+    pub issued_at: u64,
 }
 
 /// Reads the node id and role of a node certificate (DER). The caller has verified the
@@ -201,11 +221,13 @@ pub fn identity_der(der: &[u8]) -> Result<Identity, CaError> {
     let time = |t: x509_parser::time::ASN1Time| {
         SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
     };
+    let not_after = cert.validity().not_after.timestamp().max(0) as u64;
     Ok(Identity {
         node_id,
         role,
         not_after: time(cert.validity().not_after),
         not_before: time(cert.validity().not_before),
+        issued_at: not_after.saturating_sub(NODE_CERT_VALIDITY.as_secs()),
     })
 }
 
@@ -311,6 +333,20 @@ mod tests {
         let m = ca.issue(&csr, "node-8", Role::Manager).unwrap();
         assert_eq!(identity_pem(&m).unwrap().role, Role::Manager);
         assert!(ca.issue("garbage", "x", Role::Worker).is_err());
+
+        // The issue time is what revocation compares: now, or the time asked for.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let issued = identity_pem(&m).unwrap().issued_at;
+        assert!(issued.abs_diff(now) <= 2, "{issued} vs {now}");
+        let later = ca
+            .issue_since(&csr, "node-8", Role::Worker, now + 100)
+            .unwrap();
+        let later = identity_pem(&later).unwrap();
+        assert_eq!(later.issued_at, now + 100);
+        assert!(later.not_before <= SystemTime::now(), "valid at once");
     }
 
     #[test]

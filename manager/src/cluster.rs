@@ -43,6 +43,25 @@ pub enum ClusterError {
     /// A read failed.
     #[error("reading the cluster store: {0}")]
     Read(String),
+    /// This manager leads, but too few managers have answered it lately for a write to
+    /// commit: refused before it enters the log, so it can never apply later.
+    #[error(
+        "too few managers are reachable for a quorum (the last quorum answered {}s ago), \
+         so the cluster takes no writes; reads still answer. Bring the other managers back, \
+         or, if they are gone for good, run `shoal init --force-new-cluster` on this manager",
+        .silent_ms / 1000
+    )]
+    NoQuorum {
+        /// Milliseconds since a quorum last acknowledged this leader.
+        silent_ms: u64,
+    },
+    /// A write entered the log but was not committed in time.
+    #[error(
+        "the write was not committed within {}s: too few managers may be reachable; it takes \
+         effect if they return in time. Check `shoal node ls` and try again",
+        .0.as_secs()
+    )]
+    Uncommitted(Duration),
     /// This manager does not lead; writes go to the leader.
     #[error("{}", not_leader_message(*.leader, .addr))]
     NotLeader {
@@ -110,6 +129,12 @@ impl Timings {
             election_max: min * 2,
         }
     }
+
+    /// How long a leader may go without a quorum's answer before it counts as cut off
+    /// from the cluster: a few election timeouts, so that one slow round trip is no alarm.
+    pub fn quorum_window(&self) -> Duration {
+        self.election_max * 5 + Duration::from_secs(1)
+    }
 }
 
 /// The network to other managers: none yet.
@@ -165,7 +190,11 @@ pub struct ClusterStore {
     id: u64,
     raft: Raft<TypeConfig>,
     state: StateMachine,
+    quorum_window: Duration,
 }
+
+/// How long a write may wait to commit before its caller is told it did not.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ClusterStore {
     /// Opens the store under `dir` (log and state in redb files) as node `id` of a
@@ -207,7 +236,12 @@ impl ClusterStore {
         let raft = Raft::new(id, Arc::new(config), network, log, state.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        Ok(ClusterStore { id, raft, state })
+        Ok(ClusterStore {
+            id,
+            raft,
+            state,
+            quorum_window: timings.quorum_window(),
+        })
     }
 
     /// This manager's Raft id.
@@ -341,12 +375,28 @@ impl ClusterStore {
     }
 
     /// Commits a write through Raft and returns its result.
+    /// A leader that no quorum has answered within the quorum window refuses at once
+    /// (openraft 0.9's leader does not step down by itself and would hold the write until
+    /// its followers return); a write that does not commit in [`WRITE_TIMEOUT`] fails.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
-        self.raft
-            .client_write(cmd)
-            .await
-            .map(|r| r.data)
-            .map_err(write_error)
+        let silent_ms = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.current_leader == Some(self.id) {
+                m.millis_since_quorum_ack
+            } else {
+                None
+            }
+        };
+        if let Some(silent_ms) = silent_ms
+            && silent_ms > self.quorum_window.as_millis() as u64
+        {
+            return Err(ClusterError::NoQuorum { silent_ms });
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
+            Ok(r) => r.map(|r| r.data).map_err(write_error),
+            Err(_) => Err(ClusterError::Uncommitted(WRITE_TIMEOUT)),
+        }
     }
 
     /// Reads one object from the local state.
@@ -361,6 +411,11 @@ impl ClusterStore {
         self.state
             .list(kind)
             .map_err(|e| ClusterError::Read(e.to_string()))
+    }
+
+    /// Every object of the local state: (kind, id, object).
+    pub fn all(&self) -> Vec<(String, String, Versioned)> {
+        self.state.all()
     }
 
     /// Follows applied changes.

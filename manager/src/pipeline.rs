@@ -28,6 +28,8 @@ pub mod kinds {
     pub const NODE: &str = "node";
     /// The cluster's record (its CA and join-token secrets): one object.
     pub const CLUSTER: &str = "cluster";
+    /// Removed nodes (their certificates are refused).
+    pub const REMOVED_NODE: &str = "removed_node";
 }
 
 fn load<T: serde::de::DeserializeOwned>(

@@ -5,8 +5,15 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 /// The default cluster port.
 pub const DEFAULT_PORT: u16 = 4242;
@@ -161,15 +168,55 @@ fn config_path(dir: &Path) -> PathBuf {
     dir.join("port.json")
 }
 
+/// The certificate the cluster port presents: replaceable while the port runs, so that a
+/// renewed certificate is used for the next connection.
+#[derive(Debug, Clone)]
+pub struct PortCerts(Arc<RwLock<Arc<CertifiedKey>>>);
+
+fn certified(tls: &NodeTls) -> Result<Arc<CertifiedKey>, PortError> {
+    let bad = |e: String| PortError::Listen(format!("the node's certificate: {e}"));
+    // The chain sent to callers ends with the CA's, so that a joining node can check it
+    // against the fingerprint in its token.
+    let mut chain = Vec::new();
+    for pem in [&tls.cert_pem, &tls.ca_pem] {
+        chain.push(CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(e.to_string()))?);
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, key)))
+}
+
+impl PortCerts {
+    /// Presents the certificate of `tls` from now on.
+    pub fn set(&self, tls: &NodeTls) -> Result<(), PortError> {
+        let key = certified(tls)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for PortCerts {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
 /// Binds the port now (so that "address in use" is the caller's error to report) and
-/// serves `routes` on it over TLS until `stop` resolves. Returns the bound address (the
-/// port is the kernel's choice when `listen` asks for port 0).
+/// serves `routes` on it over TLS until `stop` resolves: client certificates are checked
+/// against the CA when presented (callers without one reach only what lets them join).
+/// Returns the bound address (the port is the kernel's choice when `listen` asks for
+/// port 0) and the presented certificate's holder.
 pub async fn open(
     listen: SocketAddr,
     tls: &NodeTls,
     routes: tonic::service::Routes,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<SocketAddr, PortError> {
+) -> Result<(SocketAddr, PortCerts), PortError> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         let fix = if e.kind() == std::io::ErrorKind::AddrInUse {
             ": another program holds it; choose another with --listen-addr IP:PORT"
@@ -181,25 +228,75 @@ pub async fn open(
     let bound = listener
         .local_addr()
         .map_err(|e| PortError::Listen(e.to_string()))?;
-    // The certificate chain sent to callers ends with the CA's, so that a joining node can
-    // check it against the fingerprint in its token.
-    let chain = format!("{}\n{}", tls.cert_pem.trim_end(), tls.ca_pem);
-    let config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
-        .client_auth_optional(true);
-    let server = Server::builder()
-        .tls_config(config)
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            CertificateDer::from_pem_slice(tls.ca_pem.as_bytes())
+                .map_err(|e| PortError::Listen(format!("the cluster CA: {e}")))?,
+        )
+        .map_err(|e| PortError::Listen(format!("the cluster CA: {e}")))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PortError::Listen(format!("the cluster port's TLS settings: {e}")))?;
+    let certs = PortCerts(Arc::new(RwLock::new(certified(tls)?)));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
         .map_err(|e| PortError::Listen(format!("the cluster port's TLS settings: {e}")))?
-        .add_routes(routes);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(certs.clone()));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    // Handshakes run side by side, so that a slow or silent caller holds up no other.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<_>>(64);
+    // Stopping closes the listener at once (a port reopened later must be free), and ends
+    // the server's connections gracefully.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
+        stop.await;
+        let _ = stopping.send(true);
+    });
+    let mut quit = stopped.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = quit.wait_for(|s| *s) => return,
+            };
+            let Ok((tcp, peer)) = accepted else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "cluster port handshake: {e}"),
+                    Err(_) => tracing::debug!(%peer, "cluster port handshake timed out"),
+                }
+            });
+        }
+    });
+    let server = Server::builder().add_routes(routes);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut quit = stopped;
+    let shutdown = async move {
+        let _ = quit.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        if let Err(e) = server
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
             tracing::error!("the cluster port stopped: {e}");
         }
     });
     tracing::info!(addr = %bound, "cluster port open");
-    Ok(bound)
+    Ok((bound, certs))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod join;
+mod nodes;
 mod peers;
 
 pub use peers::{LEADER_KEY, client_tls};
@@ -250,6 +251,8 @@ impl Manager {
                         arch: String::new(),
                         resources: ResourceAmounts::default(),
                         addr: String::new(),
+                        desired_role: None,
+                        certs_since: 0,
                     },
                     0,
                 ),
@@ -374,30 +377,8 @@ impl Manager {
 
     /// Records where other nodes reach node `id`.
     async fn set_node_addr(&self, id: &str, addr: &str) -> Result<(), ClusterError> {
-        for _ in 0..10 {
-            let Some(v) = self.store.get(kinds::NODE, id)? else {
-                return Ok(());
-            };
-            let mut node: Node =
-                serde_json::from_value(v.value).map_err(|e| ClusterError::Read(e.to_string()))?;
-            if node.addr == addr {
-                return Ok(());
-            }
-            node.addr = addr.to_string();
-            let r = self
-                .store
-                .write(Command::Put {
-                    kind: kinds::NODE.into(),
-                    id: id.into(),
-                    value: serde_json::to_value(&node).unwrap_or_default(),
-                    expected_version: Some(v.version),
-                })
-                .await?;
-            if !matches!(r, CommandResult::Conflict { .. }) {
-                return Ok(());
-            }
-        }
-        Err(ClusterError::Raft(format!("node {id} keeps changing")))
+        self.edit_node(id, |n| n.addr = addr.to_string()).await?;
+        Ok(())
     }
 
     /// Whether the node is known and ready.
@@ -470,7 +451,10 @@ pub struct ManagerService {
     node: SelfNode,
     options: ManagerOptions,
     manager: Arc<RwLock<Option<Arc<Manager>>>>,
-    on_active: Arc<dyn Fn(AgentTarget) + Send + Sync>,
+    /// Runs and stops this node's agent.
+    agent: AgentControl,
+    /// Held while the node changes role or leaves: one change at a time.
+    transition: Arc<tokio::sync::Mutex<()>>,
     /// Callers of this instance come over the cluster port and must show a certificate
     /// (the local socket's callers are root on this host).
     remote: bool,
@@ -479,6 +463,20 @@ pub struct ManagerService {
     /// The cluster port, once open: its settings, and what stops it.
     port: Arc<std::sync::Mutex<Option<OpenPort>>>,
 }
+
+/// What the daemon is told to do with the node's agent.
+#[derive(Debug, Clone)]
+pub enum AgentOrder {
+    /// Run against these managers (a running agent is replaced: new role, new
+    /// certificate).
+    Run(AgentTarget),
+    /// Stop, and stop and remove the containers of its tasks (the node leaves).
+    Stop,
+}
+
+/// Carries out [`AgentOrder`]s; the future ends when the order is done.
+pub type AgentControl =
+    Arc<dyn Fn(AgentOrder) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Where this node's agent finds the managers.
 #[derive(Debug, Clone, Default)]
@@ -489,6 +487,8 @@ pub struct AgentTarget {
     pub managers: Vec<String>,
     /// The node's certificate, for the cluster port.
     pub tls: Option<NodeTls>,
+    /// Where the managers' addresses are kept up to date (read again at each dial).
+    pub managers_file: Option<PathBuf>,
 }
 
 /// How a manager starts.
@@ -515,8 +515,15 @@ pub fn raft_id(node_id: &str) -> u64 {
     (u64::from_be_bytes(b) >> 1).max(1)
 }
 
-/// An open cluster port: its settings, and what stops it.
-type OpenPort = (PortConfig, tokio::sync::watch::Sender<bool>);
+/// An open cluster port.
+struct OpenPort {
+    /// Where it listens and what it advertises.
+    config: PortConfig,
+    /// Stops it.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The certificate it presents.
+    certs: crate::port::PortCerts,
+}
 
 /// Where the cluster port listens unless `init` says otherwise.
 #[derive(Debug, Clone, Copy)]
@@ -552,26 +559,31 @@ const CLUSTER_ID: &str = "cluster";
 
 impl ManagerService {
     /// The services for a node whose manager state lives under `dir`. If the node is a
-    /// manager already (the state exists), it starts now. `on_active` runs once the
-    /// manager is running (the daemon starts its agent there).
+    /// manager already (the state exists), it starts now. `agent` runs and stops the
+    /// node's agent (the daemon's side).
     pub async fn new(
         dir: PathBuf,
         node: SelfNode,
         options: ManagerOptions,
         port_defaults: PortDefaults,
-        on_active: Arc<dyn Fn(AgentTarget) + Send + Sync>,
+        agent: AgentControl,
     ) -> Result<ManagerService, ClusterError> {
         let svc = ManagerService {
             dir,
             node,
             options,
             manager: Arc::new(RwLock::new(None)),
-            on_active,
+            agent,
+            transition: Default::default(),
             remote: false,
             port_defaults,
             port: Default::default(),
         };
-        if svc.dir.join("raft-log.redb").exists() {
+        if svc.dir.join("raft-log.redb").exists() && !svc.manager_at_start().await {
+            if svc.tls_dir().join("node.crt").exists() {
+                (svc.agent)(AgentOrder::Run(svc.agent_target(false)?)).await;
+            }
+        } else if svc.dir.join("raft-log.redb").exists() {
             let m = Manager::start(
                 svc.dir.clone(),
                 svc.node.clone(),
@@ -583,10 +595,10 @@ impl ManagerService {
             if let Some(config) = crate::port::load_config(&svc.dir).map_err(port_err)? {
                 svc.open_port(config.listen, Some(config.advertise)).await?;
             }
-            (svc.on_active)(svc.agent_target(true)?);
+            (svc.agent)(AgentOrder::Run(svc.agent_target(true)?)).await;
         } else if svc.tls_dir().join("node.crt").exists() {
             // A worker that joined: its agent dials the managers again.
-            (svc.on_active)(svc.agent_target(false)?);
+            (svc.agent)(AgentOrder::Run(svc.agent_target(false)?)).await;
         }
         Ok(svc)
     }
@@ -596,7 +608,15 @@ impl ManagerService {
             local,
             managers: join::load_managers(&self.tls_dir()),
             tls: NodeTls::load(&self.tls_dir()).map_err(port_err)?,
+            managers_file: Some(join::managers_path(&self.tls_dir())),
         })
+    }
+
+    /// (Re)starts the agent with the certificate and managers on disk now.
+    async fn run_agent(&self, local: bool) -> Result<(), Status> {
+        let target = self.agent_target(local).map_err(internal)?;
+        (self.agent)(AgentOrder::Run(target)).await;
+        Ok(())
     }
 
     /// A client of the leader's control API when this manager does not lead (writes go
@@ -654,7 +674,7 @@ impl ManagerService {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(c, _)| c.clone())
+            .map(|p| p.config.clone())
     }
 
     /// Where this node keeps its certificate, key and the CA's certificate.
@@ -711,7 +731,7 @@ impl ManagerService {
             ))
             .add_service(shoal_api::raft::join_server::JoinServer::new(remote));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let bound = crate::port::open(listen, &tls, routes, async move {
+        let (bound, certs) = crate::port::open(listen, &tls, routes, async move {
             let _ = stopped.wait_for(|s| *s).await;
         })
         .await
@@ -732,17 +752,34 @@ impl ManagerService {
         {
             tracing::warn!("recording this node's address: {e}");
         }
-        *self.port.lock().unwrap_or_else(|e| e.into_inner()) = Some((config.clone(), stop));
+        *self.port.lock().unwrap_or_else(|e| e.into_inner()) = Some(OpenPort {
+            config: config.clone(),
+            stop,
+            certs,
+        });
         Ok(config)
     }
 
     /// Who calls: nobody to check on the local socket; over the cluster port, the node its
-    /// certificate names, which must have one of the `roles`.
+    /// certificate names, which must have one of the `roles`, and whose certificate was
+    /// not revoked (the node removed, or its role changed since it was issued).
     fn caller<T>(
         &self,
         r: &Request<T>,
         roles: &[Role],
         what: &str,
+    ) -> Result<Option<crate::ca::Identity>, Status> {
+        self.caller_checked(r, roles, what, true)
+    }
+
+    /// [`ManagerService::caller`]; not `strict`: a certificate replaced by a role change
+    /// still counts (heartbeats, renewal and Raft, which membership governs).
+    fn caller_checked<T>(
+        &self,
+        r: &Request<T>,
+        roles: &[Role],
+        what: &str,
+        strict: bool,
     ) -> Result<Option<crate::ca::Identity>, Status> {
         if !self.remote {
             return Ok(None);
@@ -769,6 +806,13 @@ impl ManagerService {
                 id.role.as_str()
             )));
         }
+        // The manager is only written while it starts or stops (init, join, leave): a
+        // caller then finds no record to be refused by anyway.
+        if let Ok(guard) = self.manager.try_read()
+            && let Some(m) = guard.as_ref()
+        {
+            m.check_revoked(&id, strict)?;
+        }
         Ok(Some(id))
     }
 
@@ -779,7 +823,8 @@ impl ManagerService {
             node: m.node.clone(),
             options: m.options,
             manager: Arc::new(RwLock::new(Some(m))),
-            on_active: Arc::new(|_| {}),
+            agent: Arc::new(|_| Box::pin(async {})),
+            transition: Default::default(),
             remote: false,
             port_defaults: PortDefaults::default(),
             port: Default::default(),
@@ -797,17 +842,32 @@ impl ManagerService {
     }
 
     async fn active(&self) -> Result<Arc<Manager>, Status> {
-        self.manager.read().await.clone().ok_or_else(|| {
-            Status::failed_precondition(
-                "this node is not a manager: run \"shoal init\" to start a cluster (or \"shoal dev\")",
-            )
-        })
+        if let Some(m) = self.manager.read().await.clone() {
+            return Ok(m);
+        }
+        if self.tls_dir().join("node.crt").exists() {
+            let managers = join::load_managers(&self.tls_dir());
+            let hint = if managers.is_empty() {
+                String::new()
+            } else {
+                format!(" (managers: {})", managers.join(", "))
+            };
+            return Err(Status::failed_precondition(format!(
+                "this node is a worker: workers run tasks but do not hold the cluster's state; \
+                 run this on a manager{hint}, or promote this node with `shoal node promote` \
+                 on a manager"
+            )));
+        }
+        Err(Status::failed_precondition(
+            "this node is not in a cluster: run \"shoal init\" to start one, \"shoal join\" \
+             to join one, or \"shoal dev\" for a one-node cluster in the foreground",
+        ))
     }
 
     /// Stops the manager, if running.
     pub async fn stop(&self) {
-        if let Some((_, stop)) = self.port.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = stop.send(true);
+        if let Some(port) = self.port.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = port.stop.send(true);
         }
         if let Some(m) = self.manager.write().await.take() {
             m.stop().await;
@@ -931,6 +991,9 @@ impl Control for ManagerService {
             "" => self.port_defaults.advertise,
             a => Some(crate::port::parse_addr("--advertise-addr", a).map_err(bad)?),
         };
+        if req.force_new_cluster {
+            return self.force_new_cluster().await.map(Response::new);
+        }
         let mut guard = self.manager.write().await;
         if guard.is_some() {
             return Err(Status::already_exists(
@@ -970,7 +1033,7 @@ impl Control for ManagerService {
             let _ = std::fs::remove_dir_all(self.tls_dir());
             return Err(Status::failed_precondition(e.to_string()));
         }
-        (self.on_active)(self.agent_target(true).map_err(internal)?);
+        (self.agent)(AgentOrder::Run(self.agent_target(true).map_err(internal)?)).await;
         // The cluster is ready for services once this node's agent has reported in.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !m.node_ready(&self.node.id) && tokio::time::Instant::now() < deadline {
@@ -994,6 +1057,32 @@ impl Control for ManagerService {
         ManagerService::join_cluster(self, r.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn leave_cluster(
+        &self,
+        r: Request<pc::LeaveRequest>,
+    ) -> Result<Response<pc::LeaveReply>, Status> {
+        if self.remote {
+            return Err(Status::permission_denied(
+                "leaving is asked of a node on its own socket: run \"shoal leave\" on the node",
+            ));
+        }
+        self.leave(r.into_inner().force).await.map(Response::new)
+    }
+
+    async fn remove_node(
+        &self,
+        r: Request<pc::RemoveNodeRequest>,
+    ) -> Result<Response<pc::RemoveReply>, Status> {
+        self.caller(&r, &[Role::Manager], "node rm")?;
+        let m = self.active().await?;
+        if let Some(mut leader) = self.forward(&m).await? {
+            return leader.remove_node(r.into_inner()).await;
+        }
+        let req = r.into_inner();
+        m.remove_node(&req.node, req.force).await?;
+        Ok(Response::new(pc::RemoveReply {}))
     }
 
     async fn join_token(
@@ -1039,7 +1128,7 @@ impl Control for ManagerService {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(c, _)| c.advertise.to_string())
+            .map(|p| p.config.advertise.to_string())
             .unwrap_or_default();
         Ok(Response::new(pc::JoinTokenReply {
             token: JoinToken {
@@ -1070,7 +1159,7 @@ impl Control for ManagerService {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(c, _)| c.clone());
+            .map(|p| p.config.clone());
         Ok(Response::new(pc::InfoReply {
             swarm_active: true,
             node_id: self.node.id.clone(),
@@ -1340,15 +1429,25 @@ impl Control for ManagerService {
             return leader.update_node(r.into_inner()).await;
         }
         let r = r.into_inner();
-        let mut found = None;
-        for (id, v) in m.store.list(kinds::NODE).map_err(internal)? {
-            if id == r.node || v.value["hostname"] == r.node.as_str() {
-                found = Some((id, v));
-            }
+        let id = m.find_node(&r.node)?.id;
+        if !r.role.is_empty() {
+            let role: Role = r
+                .role
+                .parse()
+                .map_err(|e: crate::ca::CaError| Status::invalid_argument(e.to_string()))?;
+            let node = m.find_node(&id)?;
+            m.change_role(&node, role).await?;
         }
-        let (id, v) = found.ok_or_else(|| {
-            Status::not_found(format!("node {} not found (see \"shoal node ls\")", r.node))
-        })?;
+        let v = m
+            .store
+            .get(kinds::NODE, &id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("node {} is gone", r.node)))?;
+        if r.availability.is_empty() && r.label_add.is_empty() && r.label_rm.is_empty() {
+            return Ok(Response::new(pc::ObjectReply {
+                object: Some(object(&id, &v)),
+            }));
+        }
         let mut node: Node =
             serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
         match r.availability.as_str() {
@@ -1471,10 +1570,21 @@ impl Dispatcher for ManagerService {
         &self,
         r: Request<pd::HeartbeatRequest>,
     ) -> Result<Response<pd::HeartbeatReply>, Status> {
-        let me = self.caller(&r, &[Role::Manager, Role::Worker], "a heartbeat")?;
+        let me = self.caller_checked(&r, &[Role::Manager, Role::Worker], "a heartbeat", false)?;
         let m = self.leading().await?;
         let node_id = r.into_inner().node_id;
         same_node(&me, &node_id)?;
+        // A demoted manager whose certificate still says manager: that certificate stops
+        // counting (the node renews it as a worker on hearing its role).
+        if let Some(id) = &me
+            && id.role == Role::Manager
+            && m.wanted_role(&node_id) == Role::Worker
+            && m.check_revoked(id, true).is_ok()
+        {
+            m.revoke_manager_certificate(&node_id)
+                .await
+                .map_err(internal)?;
+        }
         if !m.heartbeat(&node_id).await.map_err(internal)? {
             return Err(Status::not_found(format!(
                 "node {node_id} is not part of this cluster: open a session first (or join again)"
@@ -1482,6 +1592,7 @@ impl Dispatcher for ManagerService {
         }
         Ok(Response::new(pd::HeartbeatReply {
             period_ms: m.options.heartbeat_period.as_millis() as u64,
+            role: m.wanted_role(&node_id).as_str().into(),
         }))
     }
 

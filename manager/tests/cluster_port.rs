@@ -57,7 +57,7 @@ async fn the_cluster_port_enforces_certificates_and_roles() {
         node,
         ManagerOptions::default(),
         defaults,
-        Arc::new(|_| {}),
+        Arc::new(|_| Box::pin(async {})),
     )
     .await
     .unwrap();

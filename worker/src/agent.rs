@@ -20,14 +20,30 @@ pub const TASK_LABEL: &str = "com.shoal.task.id";
 /// The label naming the container's service.
 pub const SERVICE_LABEL: &str = "com.shoal.service.id";
 
-/// The agent of one node.
 /// Makes a channel to a manager: to the given address (the leader, as a manager that does
 /// not lead said), or, with none, to the next manager to try.
 pub type Dialer = Arc<dyn Fn(Option<&str>) -> Channel + Send + Sync>;
 
+/// What the managers tell the agent about its node, for the daemon to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum News {
+    /// The role the cluster wants the node in (`manager` or `worker`), with each
+    /// heartbeat.
+    Role(String),
+    /// The node was removed from the cluster.
+    Removed,
+}
+
+/// Where the agent sends [`News`].
+pub type Newsroom = Arc<dyn Fn(News) + Send + Sync>;
+
+/// The agent of one node.
 pub struct Agent {
     engine: Arc<Engine>,
     dial: Dialer,
+    news: Newsroom,
+    /// Set when the agent stops: every task it spawned ends.
+    stop: tokio::sync::watch::Sender<bool>,
     channel: std::sync::RwLock<Channel>,
     session: pd::SessionRequest,
     /// Tasks this agent stopped on purpose: their exit is no failure.
@@ -58,12 +74,19 @@ fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::St
 impl Agent {
     /// An agent for `session`'s node, talking to the dispatcher of the managers `dial`
     /// reaches.
-    pub fn new(engine: Arc<Engine>, dial: Dialer, session: pd::SessionRequest) -> Arc<Agent> {
+    pub fn new(
+        engine: Arc<Engine>,
+        dial: Dialer,
+        session: pd::SessionRequest,
+        news: Newsroom,
+    ) -> Arc<Agent> {
         let (outbox, rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Agent {
             engine,
             channel: std::sync::RwLock::new(dial(None)),
             dial,
+            news,
+            stop: tokio::sync::watch::channel(false).0,
             session,
             stopping: Mutex::new(HashSet::new()),
             starting: Mutex::new(HashSet::new()),
@@ -74,25 +97,50 @@ impl Agent {
         })
     }
 
-    /// Runs sessions until the process ends, reconnecting after failures; heartbeats and
+    /// Runs sessions until [`Agent::stop`], reconnecting after failures; heartbeats and
     /// sends status batches alongside.
     pub async fn run(self: Arc<Self>) {
         if let Some(rx) = self.outbox_rx.lock().await.take() {
-            tokio::spawn(self.clone().send_status(rx));
+            self.spawn(self.clone().send_status(rx));
         }
-        tokio::spawn(self.clone().heartbeats());
+        self.spawn(self.clone().heartbeats());
         self.adopt();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.clone().session().await {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => {
-                    tracing::debug!("agent session: {e}");
-                    self.redial(&e);
+        let agent = self.clone();
+        self.spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match agent.clone().session().await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::debug!("agent session: {e}");
+                        agent.redial(&e);
+                    }
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+        });
+        let _ = self.stop.subscribe().wait_for(|s| *s).await;
+    }
+
+    /// Runs `work` until the agent stops.
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut stopped = self.stop.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = work => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
+    /// Stops the agent: its sessions, heartbeats, watches and checks end. With
+    /// `remove_tasks` (the node leaves the cluster) the containers of its tasks are stopped,
+    /// each with its grace period, and removed.
+    pub async fn stop(&self, remove_tasks: bool) {
+        let _ = self.stop.send(true);
+        if remove_tasks {
+            remove_task_containers(&self.engine).await;
         }
     }
 
@@ -195,9 +243,23 @@ impl Agent {
                 })
                 .await
             {
-                Ok(r) => Duration::from_millis(r.into_inner().period_ms.clamp(50, 60_000)),
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if !r.role.is_empty() {
+                        (self.news)(News::Role(r.role));
+                    }
+                    Duration::from_millis(r.period_ms.clamp(50, 60_000))
+                }
+                Err(e) if e.metadata().get(shoal_api::REMOVED_METADATA).is_some() => {
+                    tracing::warn!("this node was removed from the cluster: {}", e.message());
+                    (self.news)(News::Removed);
+                    Duration::from_secs(1)
+                }
                 Err(e) => {
                     tracing::debug!("heartbeat: {e}");
+                    if e.metadata().get(shoal_api::LEADER_METADATA).is_some() {
+                        self.redial(&e);
+                    }
                     Duration::from_millis(200)
                 }
             };
@@ -230,7 +292,7 @@ impl Agent {
                     // Stops run side by side; each reports when its container is gone.
                     Some((c, true)) if self.stopping.lock().await.insert(t.id.clone()) => {
                         let (agent, c, id) = (self.clone(), c.clone(), t.id.clone());
-                        tokio::spawn(async move {
+                        self.spawn(async move {
                             let _ = agent.engine.stop(&c, None).await;
                             agent.report(vec![update(&id, TaskState::Shutdown, "shut down")]);
                         });
@@ -258,7 +320,7 @@ impl Agent {
                 continue;
             }
             let (agent, t) = (self.clone(), t.clone());
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let permit = agent.start_slots.acquire().await;
                 let u = match agent.start(&t).await {
                     Ok(id) => {
@@ -366,7 +428,7 @@ impl Agent {
         h: shoal_api::types::HealthCheck,
     ) {
         let agent = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             if !agent.checked.lock().await.insert(task_id.clone()) {
                 return; // already checked
             }
@@ -445,7 +507,7 @@ impl Agent {
     /// Reports the container's exit when it comes.
     fn watch(self: &Arc<Self>, task_id: String, container: String) {
         let agent = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let Ok(code) = agent.engine.wait(&container).await else {
                 return;
             };
@@ -477,4 +539,22 @@ impl Agent {
             agent.report(vec![u]);
         });
     }
+}
+
+/// Stops (each with its grace period) and removes every container of a task on this
+/// node: what leaving the cluster leaves behind.
+pub async fn remove_task_containers(engine: &Engine) {
+    let tasks: Vec<String> = engine
+        .list(true)
+        .into_iter()
+        .filter(|r| r.spec.labels.contains_key(TASK_LABEL))
+        .map(|r| r.id)
+        .collect();
+    futures::future::join_all(tasks.iter().map(|id| async move {
+        let _ = engine.stop(id, None).await;
+        if let Err(e) = engine.remove(id, true).await {
+            tracing::warn!("removing container {id}: {e}");
+        }
+    }))
+    .await;
 }

@@ -3,8 +3,9 @@
 //! a certificate (a one-manager cluster before its CA exists) every peer is unreachable,
 //! which a cluster of one never notices.
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -28,6 +29,12 @@ use crate::store::TypeConfig;
 #[derive(Clone, Default)]
 pub struct GrpcNet {
     tls: Arc<RwLock<Option<ClientTlsConfig>>>,
+    /// When each manager last answered (a leader hears its followers with every
+    /// heartbeat).
+    heard: Arc<Mutex<HashMap<u64, Instant>>>,
+    /// The managers whose last call failed: a link's going down and coming back is
+    /// logged once each (openraft's own per-retry lines are filtered out by default).
+    down: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl GrpcNet {
@@ -43,6 +50,35 @@ impl GrpcNet {
 
     fn tls(&self) -> Option<ClientTlsConfig> {
         self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn note(&self, target: u64, addr: &str, failure: Option<&LinkError>) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match failure {
+            None => {
+                self.heard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(target, Instant::now());
+                if down.remove(&target) {
+                    tracing::info!("manager {target} at {addr} answers again");
+                }
+            }
+            Some(e) => {
+                if down.insert(target) {
+                    tracing::warn!("lost the link to {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether manager `id` answered a Raft message within `window`.
+    pub fn heard_within(&self, id: u64, window: Duration) -> bool {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .is_some_and(|t| t.elapsed() <= window)
     }
 }
 
@@ -130,6 +166,17 @@ impl GrpcLink {
         E: DeserializeOwned,
     {
         let json = serde_json::to_vec(rpc).map_err(|e| LinkError(e.to_string()))?;
+        let reply = self.exchange(which, json, option).await;
+        self.net.note(self.target, &self.addr, reply.as_ref().err());
+        serde_json::from_slice(&reply?.json).map_err(|e| LinkError(e.to_string()))
+    }
+
+    async fn exchange(
+        &mut self,
+        which: Which,
+        json: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<pr::RaftMessage, LinkError> {
         let mut client = self.client()?;
         let msg = pr::RaftMessage { json };
         let call = async {
@@ -160,7 +207,7 @@ impl GrpcLink {
                 )));
             }
         };
-        serde_json::from_slice(&reply.json).map_err(|e| LinkError(e.to_string()))
+        Ok(reply)
     }
 }
 

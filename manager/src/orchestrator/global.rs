@@ -127,6 +127,8 @@ mod tests {
             arch: "x86_64".into(),
             resources: Default::default(),
             addr: String::new(),
+            desired_role: None,
+            certs_since: 0,
         }
     }
 

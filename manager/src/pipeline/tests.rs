@@ -47,6 +47,8 @@ fn node(id: &str) -> Node {
             memory_bytes: 1 << 30,
         },
         addr: String::new(),
+        desired_role: None,
+        certs_since: 0,
     }
 }
 

@@ -16,7 +16,7 @@ use shoal_api::raft::join_client::JoinClient;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::{AgentTarget, JOINED_MARK, Manager, ManagerService, Start, client_tls};
+use super::{JOINED_MARK, Manager, ManagerService, Start, client_tls};
 use crate::ca::{JoinToken, MANAGER_NAME, Role, fingerprint_der};
 use crate::port::NodeTls;
 
@@ -150,6 +150,24 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl ManagerService {
+    /// Starts this node's manager as one that joins an existing cluster's Raft (the
+    /// mark tells a restart the same).
+    pub(super) async fn start_joined_manager(&self) -> Result<Arc<Manager>, Status> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Status::internal(e.to_string()))?;
+        std::fs::write(self.dir.join(JOINED_MARK), b"")
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let m = Manager::start(
+            self.dir.clone(),
+            self.node.clone(),
+            self.options,
+            Start::Joined,
+        )
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        *self.manager.write().await = Some(m.clone());
+        Ok(m)
+    }
+
     /// `shoal join`: see the module's comment.
     pub(super) async fn join_cluster(
         &self,
@@ -235,34 +253,15 @@ impl ManagerService {
         save_managers(&self.tls_dir(), &managers)?;
         match role {
             Role::Worker => {
-                (self.on_active)(AgentTarget {
-                    local: false,
-                    managers,
-                    tls: Some(tls),
-                });
+                self.run_agent(false).await?;
             }
             Role::Manager => {
-                std::fs::create_dir_all(&self.dir).map_err(|e| Status::internal(e.to_string()))?;
-                std::fs::write(self.dir.join(JOINED_MARK), b"")
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                let m = Manager::start(
-                    self.dir.clone(),
-                    self.node.clone(),
-                    self.options,
-                    Start::Joined,
-                )
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-                *self.manager.write().await = Some(m.clone());
+                let m = self.start_joined_manager().await?;
                 self.open_port(bound, Some(advertise))
                     .await
                     .map_err(|e| Status::failed_precondition(e.to_string()))?;
                 add_manager(&tls, &managers, m.store.id(), &advertise.to_string()).await?;
-                (self.on_active)(AgentTarget {
-                    local: true,
-                    managers,
-                    tls: Some(tls),
-                });
+                self.run_agent(true).await?;
             }
         }
         Ok(pc::JoinClusterReply {
@@ -273,7 +272,7 @@ impl ManagerService {
 }
 
 /// Asks the leader to add this manager to Raft, following "not the leader" answers.
-async fn add_manager(
+pub(super) async fn add_manager(
     tls: &NodeTls,
     managers: &[String],
     raft_id: u64,
@@ -320,12 +319,12 @@ async fn add_manager(
     )))
 }
 
-fn managers_path(dir: &std::path::Path) -> std::path::PathBuf {
+pub(super) fn managers_path(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join("managers.json")
 }
 
 /// Remembers the managers' addresses (a restarted worker dials them again).
-fn save_managers(dir: &std::path::Path, managers: &[String]) -> Result<(), Status> {
+pub(super) fn save_managers(dir: &std::path::Path, managers: &[String]) -> Result<(), Status> {
     let text = serde_json::to_vec(managers).map_err(|e| Status::internal(e.to_string()))?;
     std::fs::write(managers_path(dir), text).map_err(|e| Status::internal(e.to_string()))
 }

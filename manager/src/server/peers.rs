@@ -131,9 +131,16 @@ impl Join for ManagerService {
                 "a manager joins with the address the others reach it at (--advertise-addr)",
             ));
         }
+        // A node that left (or was removed) gets a certificate newer than its tombstone.
+        let since = m
+            .store
+            .get(kinds::REMOVED_NODE, &req.node_id)
+            .map_err(internal)?
+            .and_then(|v| v.value["removed_at"].as_u64())
+            .unwrap_or(0);
         let cert_pem = record
             .ca
-            .issue(&req.csr_pem, &req.node_id, role)
+            .issue_since(&req.csr_pem, &req.node_id, role, since)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let managers = m
             .store
@@ -183,7 +190,32 @@ impl Join for ManagerService {
                 .await
                 .map_err(internal)?;
         }
+        if let Some(id) = &me {
+            let _ = m.edit_node(&id.node_id, |n| n.manager = true).await;
+        }
         tracing::info!(raft_id = req.raft_id, addr = %req.addr, "a manager joined Raft");
         Ok(Response::new(pr::AddManagerReply {}))
+    }
+
+    async fn renew(&self, r: Request<pr::RenewRequest>) -> Result<Response<pr::JoinReply>, Status> {
+        let me = self
+            .caller_checked(&r, &[Role::Manager, Role::Worker], "renewing", false)?
+            .ok_or_else(|| Status::permission_denied("renewing needs the node's certificate"))?;
+        let m = self.active().await?;
+        m.renew(&me, &r.into_inner().csr_pem)
+            .await
+            .map(Response::new)
+    }
+
+    async fn leave(
+        &self,
+        r: Request<pr::NodeLeaveRequest>,
+    ) -> Result<Response<pr::NodeLeaveReply>, Status> {
+        let me = self
+            .caller_checked(&r, &[Role::Manager, Role::Worker], "leaving", false)?
+            .ok_or_else(|| Status::permission_denied("leaving needs the node's certificate"))?;
+        let m = self.active().await?;
+        m.node_leaves(&me.node_id, r.into_inner().force).await?;
+        Ok(Response::new(pr::NodeLeaveReply {}))
     }
 }

@@ -117,6 +117,17 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// Every object: (kind, id, object).
+    pub fn all(&self) -> Vec<(String, String, Versioned)> {
+        self.cache()
+            .iter()
+            .filter_map(|(k, v)| {
+                let (kind, id) = k.split_once('/')?;
+                Some((kind.to_string(), id.to_string(), v.clone()))
+            })
+            .collect()
+    }
+
     fn meta<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>> {
         let tx = self.db.begin_read().map_err(rs)?;
         let t = tx.open_table(SM_META).map_err(rs)?;
