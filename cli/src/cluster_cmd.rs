@@ -345,10 +345,13 @@ pub async fn info(host: &Host, json: bool) -> anyhow::Result<()> {
     }
     println!("Cluster: active");
     println!(" Role: {}", if r.manager { "manager" } else { "worker" });
-    println!(" Managers: {}", r.managers);
-    println!(" Nodes: {}", r.nodes);
-    println!(" Services: {}", r.services);
-    println!(" Tasks running: {}", r.tasks_running);
+    if r.manager {
+        // A worker holds none of the cluster's state: the counts are a manager's to tell.
+        println!(" Managers: {}", r.managers);
+        println!(" Nodes: {}", r.nodes);
+        println!(" Services: {}", r.services);
+        println!(" Tasks running: {}", r.tasks_running);
+    }
     if !r.advertise_addr.is_empty() {
         println!(
             " Cluster port: {} (listening on {})",

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, ForwardToLeader};
+use openraft::error::ForwardToLeader;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -84,9 +84,11 @@ fn not_leader_message(leader: Option<u64>, addr: &Option<String>) -> String {
     }
 }
 
-fn write_error(
-    e: openraft::error::RaftError<u64, ClientWriteError<u64, BasicNode>>,
-) -> ClusterError {
+/// A Raft call's error: "not the leader" (with where it is), or what else went wrong.
+fn raft_error<E>(e: RaftError<u64, E>) -> ClusterError
+where
+    E: openraft::TryAsRef<ForwardToLeader<u64, BasicNode>> + std::error::Error,
+{
     match e.forward_to_leader::<BasicNode>() {
         Some(ForwardToLeader {
             leader_id,
@@ -195,6 +197,9 @@ pub struct ClusterStore {
 
 /// How long a write may wait to commit before its caller is told it did not.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the leader may take to confirm its leadership for a read.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ClusterStore {
     /// Opens the store under `dir` (log and state in redb files) as node `id` of a
@@ -319,7 +324,7 @@ impl ClusterStore {
                 true,
             )
             .await
-            .map_err(write_error)?;
+            .map_err(raft_error)?;
         Ok(())
     }
 
@@ -328,7 +333,7 @@ impl ClusterStore {
         self.raft
             .change_membership(voters, false)
             .await
-            .map_err(write_error)?;
+            .map_err(raft_error)?;
         Ok(())
     }
 
@@ -379,6 +384,39 @@ impl ClusterStore {
     /// (openraft 0.9's leader does not step down by itself and would hold the write until
     /// its followers return); a write that does not commit in [`WRITE_TIMEOUT`] fails.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, ClusterError> {
+        self.refuse_without_quorum()?;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
+            Ok(r) => r.map(|r| r.data).map_err(raft_error),
+            Err(_) => Err(ClusterError::Uncommitted(WRITE_TIMEOUT)),
+        }
+    }
+
+    /// On the leader: confirms with a quorum that it still leads, and returns the log
+    /// index that a read must see applied to reflect every write acknowledged before it
+    /// (openraft's read index).
+    pub async fn read_index(&self) -> Result<u64, ClusterError> {
+        self.refuse_without_quorum()?;
+        match tokio::time::timeout(READ_TIMEOUT, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(e)) => Err(raft_error(e)),
+            Err(_) => Err(ClusterError::Raft(format!(
+                "the leader could not confirm its leadership within {}s",
+                READ_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Waits (up to `timeout`) until this manager has applied the log up to `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "a read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    fn refuse_without_quorum(&self) -> Result<(), ClusterError> {
         let silent_ms = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -393,10 +431,7 @@ impl ClusterStore {
         {
             return Err(ClusterError::NoQuorum { silent_ms });
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
-            Ok(r) => r.map(|r| r.data).map_err(write_error),
-            Err(_) => Err(ClusterError::Uncommitted(WRITE_TIMEOUT)),
-        }
+        Ok(())
     }
 
     /// Reads one object from the local state.

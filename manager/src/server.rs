@@ -107,6 +107,45 @@ impl Manager {
         Ok(Manager::run_on(store, net, node, options))
     }
 
+    /// Before a read: brings this manager's state up to every write acknowledged before
+    /// the read began (the leader's read index, then waiting to apply it), so that a
+    /// follower, or a manager just restarted, answers what a write through any manager
+    /// has already said. Without a quorum (or a leader) the read answers from the state
+    /// this manager has at once: reads still answer. A manager that cannot catch up with
+    /// a leader that answers says so rather than answer from old state.
+    pub async fn fresh(&self) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let index = loop {
+            let asked = if self.store.is_leader() {
+                self.store
+                    .read_index()
+                    .await
+                    .map_err(|e| (!matches!(e, ClusterError::NoQuorum { .. }), e.to_string()))
+            } else if let Some((_, addr)) = self.store.leader() {
+                self.net.read_index(&addr).await
+            } else {
+                Err((false, "no leader known".to_string()))
+            };
+            match asked {
+                Ok(index) => break index,
+                Err((again, e)) if !again || tokio::time::Instant::now() >= deadline => {
+                    tracing::debug!("a read answers from this manager's state as it is: {e}");
+                    return Ok(());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(2));
+        self.store.wait_applied(index, wait).await.map_err(|_| {
+            Status::unavailable(format!(
+                "this manager has not caught up with the leader's log (entry {index}) yet: \
+                 try again in a moment, or ask another manager"
+            ))
+        })
+    }
+
     /// A manager over an open store: while it leads, it runs the leader pipeline and
     /// watches the nodes' heartbeats; when it stops leading, both stop.
     pub fn run(store: Arc<ClusterStore>, node: SelfNode, options: ManagerOptions) -> Arc<Manager> {
@@ -432,6 +471,9 @@ fn internal(e: ClusterError) -> Status {
     } = &e
     {
         return peers::not_leader(Some((*id, addr.clone().unwrap_or_default())));
+    }
+    if let ClusterError::NoQuorum { .. } = e {
+        return Status::failed_precondition(e.to_string());
     }
     Status::unavailable(e.to_string())
 }
@@ -1151,6 +1193,7 @@ impl Control for ManagerService {
                 ..Default::default()
             }));
         };
+        m.fresh().await?;
         let nodes = m.store.list(kinds::NODE).map_err(internal)?;
         let managers = m.store.member_addrs().len();
         let tasks = m.store.list(kinds::TASK).map_err(internal)?;
@@ -1350,6 +1393,7 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::ObjectReply>, Status> {
         self.caller(&r, &[Role::Manager], "get service")?;
         let m = self.active().await?;
+        m.fresh().await?;
         let (s, version) = find_service(&m, &r.into_inner().id).await?;
         Ok(Response::new(pc::ObjectReply {
             object: Some(pc::Object {
@@ -1366,6 +1410,7 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::ListReply>, Status> {
         self.caller(&r, &[Role::Manager], "list services")?;
         let m = self.active().await?;
+        m.fresh().await?;
         let objects = m
             .store
             .list(kinds::SERVICE)
@@ -1382,6 +1427,7 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::ListReply>, Status> {
         self.caller(&r, &[Role::Manager], "list tasks")?;
         let m = self.active().await?;
+        m.fresh().await?;
         let filter = r.into_inner().service;
         let service_id = if filter.is_empty() {
             None
@@ -1409,6 +1455,7 @@ impl Control for ManagerService {
     ) -> Result<Response<pc::ListReply>, Status> {
         self.caller(&r, &[Role::Manager], "list nodes")?;
         let m = self.active().await?;
+        m.fresh().await?;
         let objects = m
             .store
             .list(kinds::NODE)

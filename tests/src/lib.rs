@@ -3,6 +3,8 @@
 //! busybox-static. Everything a test makes is removed when its [`Daemon`] drops, even when
 //! the test fails.
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -5,119 +5,15 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_tests::{busybox_tarball, require_kernel, shoal_bin, wait_for};
-
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    fn script() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/lab/shoal-lab")
-    }
-
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new("bash")
-            .arg(Self::script())
-            .args(args)
-            .env("SHOAL_LAB", &self.name)
-            .env("SHOAL_LAB_NET", "10.78.0")
-            .env("SHOAL_BIN", shoal_bin())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args);
-        assert_eq!(code, 0, "shoal-lab {args:?}: {out}{err}");
-        out
-    }
-
-    /// `shoal ARGS` on host `i`.
-    fn shoal(&self, i: usize, args: &[&str]) -> (i32, String, String) {
-        let bin = shoal_bin();
-        let host = i.to_string();
-        let mut all = vec!["exec", host.as_str(), bin.to_str().unwrap()];
-        all.extend_from_slice(args);
-        self.run(&all)
-    }
-
-    fn shoal_ok(&self, i: usize, args: &[&str]) -> String {
-        let (code, out, err) = self.shoal(i, args);
-        assert_eq!(code, 0, "host {i}: shoal {args:?}: {out}{err}");
-        out
-    }
-
-    /// Running tasks of `service` per node hostname.
-    fn spread(&self, i: usize, service: &str) -> std::collections::BTreeMap<String, usize> {
-        let (_, out, _) = self.shoal(i, &["service", "ps", service, "--format", "json"]);
-        let (_, nodes, _) = self.shoal(i, &["node", "ls", "--format", "json"]);
-        let tasks: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap_or_default();
-        let name = |id: &str| {
-            nodes
-                .as_array()
-                .and_then(|a| a.iter().find(|n| n["id"] == id))
-                .and_then(|n| n["hostname"].as_str())
-                .unwrap_or("?")
-                .to_string()
-        };
-        let mut out = std::collections::BTreeMap::new();
-        for t in tasks.as_array().cloned().unwrap_or_default() {
-            if t["status"]["state"] == "running" && t["desired_state"] == "running" {
-                *out.entry(name(t["node_id"].as_str().unwrap_or("")))
-                    .or_insert(0) += 1;
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // What CI shows of a failure is this: the cluster's view and each daemon's last
-            // words.
-            eprintln!("--- lab status:\n{}", self.run(&["status"]).1);
-            for i in 1..=5 {
-                let (_, ls, err) = self.shoal(i, &["node", "ls"]);
-                eprintln!("--- host {i}: node ls:\n{ls}{err}");
-                let log = format!("/tmp/shoal-lab-{}/h{i}/daemon.log", self.name);
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(25).collect();
-                eprintln!("--- host {i}: {log} (last lines):");
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        let (code, out, err) = self.run(&["down"]);
-        if code != 0 {
-            eprintln!("shoal-lab down: {out}{err}");
-        }
-    }
-}
+use shoal_tests::lab::Lab;
+use shoal_tests::{require_kernel, wait_for};
 
 #[test]
 fn five_hosts_three_managers_survive_partitions_and_kills() {
     require_kernel!();
-    let lab = Lab {
-        name: format!("sl{}", std::process::id() % 100_000),
-    };
-    lab.ok(&["cluster", "3", "2"]);
-    let tar = busybox_tarball().to_str().unwrap().to_string();
-    for i in 1..=5 {
-        lab.shoal_ok(i, &["image", "import", &tar, "busybox:test"]);
-    }
+    let lab = Lab::cluster("sl", 3, 2);
     assert!(
         wait_for(Duration::from_secs(15), || {
             let (_, ls, _) = lab.shoal(1, &["node", "ls"]);
@@ -203,13 +99,7 @@ fn five_hosts_three_managers_survive_partitions_and_kills() {
     );
 
     // The leader killed: writes through another manager work again soon.
-    let leader = (1..=3)
-        .find(|i| {
-            let (_, ls, _) = lab.shoal(*i, &["node", "ls"]);
-            ls.lines()
-                .any(|l| l.contains("Leader") && l.contains(&format!(" h{i} ")))
-        })
-        .expect("a leader among hosts 1-3");
+    let leader = lab.leader(1).expect("a leader among hosts 1-3");
     let other = if leader == 1 { 2 } else { 1 };
     let killed = Instant::now();
     lab.ok(&["kill", &leader.to_string()]);
@@ -252,4 +142,163 @@ fn five_hosts_three_managers_survive_partitions_and_kills() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(containers(), 13, "no slot runs twice");
     assert_eq!(lab.spread(other, "web").values().sum::<usize>(), 11);
+}
+
+/// What became of one service the writer tried.
+#[derive(Default, Clone)]
+struct Tried {
+    /// The create was acknowledged.
+    created: bool,
+    /// The scale to 2: None when not tried, Some(acknowledged) when tried.
+    scaled: Option<bool>,
+}
+
+#[test]
+fn leader_killed_again_and_again_loses_no_acknowledged_write() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    require_kernel!();
+    let lab = Arc::new(Lab::cluster("sk", 3, 1));
+    assert!(wait_for(Duration::from_secs(20), || {
+        lab.shoal(1, &["node", "ls"]).1.matches(" Ready ").count() == 4
+    }));
+
+    // A writer creates services and scales them through whichever manager it picks, and
+    // records what was acknowledged, while the leader is killed and restarted five times.
+    let tried: Arc<Mutex<BTreeMap<String, Tried>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (lab, tried, stop) = (lab.clone(), tried.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let via = 1 + n % 3;
+                let name = format!("k{n}");
+                let (code, _, _) = lab.shoal(
+                    via,
+                    &[
+                        "service",
+                        "create",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--stop-grace-period",
+                        "1s",
+                        "busybox:test",
+                        "sleep",
+                        "1000",
+                    ],
+                );
+                tried.lock().unwrap().insert(
+                    name,
+                    Tried {
+                        created: code == 0,
+                        scaled: None,
+                    },
+                );
+                if n.is_multiple_of(2) {
+                    let target = format!("k{}", n - 1);
+                    if tried.lock().unwrap()[&target].created {
+                        let scale = format!("{target}=2");
+                        let (code, _, _) = lab.shoal(via, &["service", "scale", "-d", &scale]);
+                        tried.lock().unwrap().get_mut(&target).unwrap().scaled = Some(code == 0);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut failovers = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(2));
+        let leader = lab
+            .wait_leader(&[1, 2, 3], Duration::from_secs(15))
+            .expect("a leader");
+        lab.ok(&["kill", &leader.to_string()]);
+        let killed = Instant::now();
+        let others: Vec<usize> = (1..=3).filter(|i| *i != leader).collect();
+        let mut next = None;
+        wait_for(Duration::from_secs(15), || {
+            next = others
+                .iter()
+                .find_map(|m| lab.leader(*m))
+                .filter(|l| *l != leader);
+            next.is_some()
+        });
+        failovers.push(killed.elapsed());
+        assert!(next.is_some(), "no new leader after h{leader} was killed");
+        lab.ok(&["start", &leader.to_string()]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    eprintln!("leader killed → new leader seen after {failovers:?}");
+
+    // Every acknowledged create exists; every acknowledged scale holds; a write that was
+    // not acknowledged may or may not have applied.
+    let tried = tried.lock().unwrap().clone();
+    let acked = tried.values().filter(|t| t.created).count();
+    assert!(acked >= 10, "only {acked} creates were acknowledged");
+    let services = || -> BTreeMap<String, u64> {
+        let (_, out, _) = lab.shoal(1, &["service", "ls", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v.as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                (
+                    s["spec"]["name"].as_str().unwrap_or("").to_string(),
+                    s["spec"]["replicas"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let stored = services();
+    let views = |name: &str| -> String {
+        (1..=3)
+            .map(|i| {
+                let (_, out, err) = lab.shoal(i, &["service", "inspect", name]);
+                format!("--- h{i}:\n{out}{err}")
+            })
+            .collect()
+    };
+    for (name, t) in &tried {
+        let have = stored.get(name);
+        if t.created {
+            assert!(
+                have.is_some(),
+                "acknowledged service {name} is gone:\n{}",
+                views(name)
+            );
+        }
+        match (t.scaled, have) {
+            (Some(true), Some(r)) => {
+                assert_eq!(*r, 2, "acknowledged scale of {name} lost:\n{}", views(name))
+            }
+            (None, Some(r)) => assert_eq!(*r, 1, "{name} was never scaled"),
+            _ => {}
+        }
+    }
+
+    // Every slot runs once: the containers on all hosts match the replicas asked for.
+    let want: u64 = stored.values().sum();
+    let short = || -> String {
+        stored
+            .iter()
+            .filter(|(name, r)| lab.spread(1, name).values().sum::<usize>() as u64 != **r)
+            .map(|(name, _)| lab.shoal(1, &["service", "ps", name]).1)
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || lab.containers() as u64 == want),
+        "containers: {} (want {want}: every slot once); services not converged:\n{}",
+        lab.containers(),
+        short()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.containers() as u64, want, "no slot runs twice");
 }

@@ -273,17 +273,15 @@ impl Agent {
         let assigned: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
         // What the engine holds for tasks, running or exited (kept for logs until the
         // task leaves this node's set).
-        let held: HashMap<String, (String, bool)> = self
+        let records: HashMap<String, crate::engine::ContainerRecord> = self
             .engine
             .list(true)
             .into_iter()
-            .filter_map(|r| {
-                let running = r.is_running();
-                r.spec
-                    .labels
-                    .get(TASK_LABEL)
-                    .map(|t| (t.clone(), (r.id.clone(), running)))
-            })
+            .filter_map(|r| r.spec.labels.get(TASK_LABEL).cloned().map(|t| (t, r)))
+            .collect();
+        let held: HashMap<String, (String, bool)> = records
+            .iter()
+            .map(|(t, r)| (t.clone(), (r.id.clone(), r.is_running())))
             .collect();
         for t in tasks {
             let container = held.get(&t.id);
@@ -312,8 +310,30 @@ impl Agent {
                 // After a restart the check of an adopted task runs again.
                 self.check_health(t.id.clone(), c.clone(), h.clone());
             }
-            if container.is_some() || t.status.state.is_terminal() {
+            if t.status.state.is_terminal() || self.starting.lock().await.contains(&t.id) {
                 continue;
+            }
+            // What the engine holds may be ahead of what the managers heard: a status lost
+            // with a leader that died, or an exit while this daemon was down. Tell them
+            // again; a start cut short (the daemon died between create and start) begins
+            // anew.
+            match records.get(&t.id).map(|r| (r, &r.state)) {
+                Some((r, State::Running { .. })) => {
+                    if t.status.state < TaskState::Running {
+                        let mut u = update(&t.id, TaskState::Running, "started");
+                        u.container_id = r.id.clone();
+                        updates.push(u);
+                    }
+                    continue;
+                }
+                Some((r, State::Exited { .. })) => {
+                    updates.push(exit_update(&t.id, r));
+                    continue;
+                }
+                Some((r, State::Created)) => {
+                    let _ = self.engine.remove(&r.id, true).await;
+                }
+                None => {}
             }
             // Starts run side by side (bounded), each reporting on its own.
             if !self.starting.lock().await.insert(t.id.clone()) {
@@ -508,37 +528,48 @@ impl Agent {
     fn watch(self: &Arc<Self>, task_id: String, container: String) {
         let agent = self.clone();
         self.spawn(async move {
-            let Ok(code) = agent.engine.wait(&container).await else {
+            if agent.engine.wait(&container).await.is_err() {
                 return;
-            };
+            }
             // A container stopped on purpose is reported as shut down by reconcile.
             if agent.stopping.lock().await.remove(&task_id) {
                 return;
             }
-            let record = agent.engine.inspect(&container).ok();
-            let oom = matches!(
-                record.map(|r| r.state),
-                Some(State::Exited {
-                    oom_killed: true,
-                    ..
-                })
-            );
-            let (state, message) = if code == 0 {
-                (TaskState::Complete, "finished".to_string())
-            } else if oom {
-                (
-                    TaskState::Failed,
-                    format!("exit code {code} (out of memory)"),
-                )
-            } else {
-                (TaskState::Failed, format!("exit code {code}"))
-            };
-            let mut u = update(&task_id, state, message);
-            u.exited = true;
-            u.exit_code = code;
-            agent.report(vec![u]);
+            if let Ok(record) = agent.engine.inspect(&container) {
+                agent.report(vec![exit_update(&task_id, &record)]);
+            }
         });
     }
+}
+
+/// The status of a task whose container has ended: complete on exit code 0, failed
+/// otherwise (with the code, the OOM killer, or the engine's error).
+fn exit_update(task_id: &str, record: &crate::engine::ContainerRecord) -> pd::StatusUpdate {
+    let (code, oom, error) = match &record.state {
+        State::Exited {
+            exit_code,
+            oom_killed,
+            error,
+            ..
+        } => (*exit_code, *oom_killed, error.as_str()),
+        _ => (-1, false, ""),
+    };
+    let (state, message) = if code == 0 {
+        (TaskState::Complete, "finished".to_string())
+    } else if oom {
+        (
+            TaskState::Failed,
+            format!("exit code {code} (out of memory)"),
+        )
+    } else if !error.is_empty() {
+        (TaskState::Failed, format!("exit code {code}: {error}"))
+    } else {
+        (TaskState::Failed, format!("exit code {code}"))
+    };
+    let mut u = update(task_id, state, message);
+    u.exited = true;
+    u.exit_code = code;
+    u
 }
 
 /// Stops (each with its grace period) and removes every container of a task on this

@@ -25,6 +25,9 @@ use tonic::{Response, Status};
 
 use crate::store::TypeConfig;
 
+/// A Raft client of the leader at an address.
+type ReaderLink = (String, RaftClient<Channel>);
+
 /// The client TLS settings every link uses, once the node has its certificate.
 #[derive(Clone, Default)]
 pub struct GrpcNet {
@@ -35,6 +38,8 @@ pub struct GrpcNet {
     /// The managers whose last call failed: a link's going down and coming back is
     /// logged once each (openraft's own per-retry lines are filtered out by default).
     down: Arc<Mutex<HashSet<u64>>>,
+    /// The link reads ask the leader's read index over, kept while the leader stays.
+    reader: Arc<Mutex<Option<ReaderLink>>>,
 }
 
 impl GrpcNet {
@@ -46,6 +51,58 @@ impl GrpcNet {
     /// Sets (or renews) the certificate links present.
     pub fn set_tls(&self, tls: ClientTlsConfig) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Asks the leader at `addr` for its read index (see
+    /// [`crate::cluster::ClusterStore::read_index`]). The error says whether trying again
+    /// may help (the leader unreachable or changing) or not (it has no quorum).
+    pub async fn read_index(&self, addr: &str) -> Result<u64, (bool, String)> {
+        let cached = self
+            .reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(a, _)| a == addr)
+            .map(|(_, c)| c.clone());
+        let mut client = match cached {
+            Some(c) => c,
+            None => {
+                let tls = self
+                    .tls()
+                    .ok_or((true, "this node has no cluster certificate yet".to_string()))?;
+                let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+                    .map_err(|e| (false, e.to_string()))?
+                    .tls_config(tls)
+                    .map_err(|e| (false, e.to_string()))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true);
+                let c = RaftClient::new(endpoint.connect_lazy());
+                *self.reader.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((addr.to_string(), c.clone()));
+                c
+            }
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            client.read_index(pr::ReadIndexRequest {}),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner().index),
+            Ok(Err(status)) => {
+                *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let again = status.code() != tonic::Code::FailedPrecondition;
+                Err((again, status.message().to_string()))
+            }
+            Err(_) => {
+                *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Err((
+                    true,
+                    format!("the leader at {addr} did not answer within 3s"),
+                ))
+            }
+        }
     }
 
     fn tls(&self) -> Option<ClientTlsConfig> {

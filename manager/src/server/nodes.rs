@@ -896,7 +896,7 @@ impl ManagerService {
         let mut guard = self.manager.write().await;
         let Some(old) = guard.take() else {
             return Err(Status::failed_precondition(
-                "this node holds no cluster state: --force-new-cluster recovers a cluster on                  one of its managers (run plain \"shoal init\" for a new one)",
+                "this node holds no cluster state: --force-new-cluster recovers a cluster on one of its managers (run plain \"shoal init\" for a new one)",
             ));
         };
         let config = self

@@ -67,6 +67,16 @@ impl Raft for ManagerService {
         .await
     }
 
+    async fn read_index(
+        &self,
+        r: Request<pr::ReadIndexRequest>,
+    ) -> Result<Response<pr::ReadIndexReply>, Status> {
+        self.caller(&r, &[Role::Manager], "Raft")?;
+        let m = self.active().await?;
+        let index = m.store.read_index().await.map_err(internal)?;
+        Ok(Response::new(pr::ReadIndexReply { index }))
+    }
+
     async fn install_snapshot(
         &self,
         r: Request<pr::RaftMessage>,
