@@ -128,15 +128,69 @@ pub async fn connect(host: &Host) -> anyhow::Result<Channel> {
                 })
         }
         Host::Tcp(addr) => {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            // Reachable first (the plainer error), then the certificate.
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(unreachable(host, &why(&e))),
+                Err(_) => return Err(unreachable(host, "no answer within 5s")),
+            }
+            let dir = cert_dir();
+            let tls = client_tls(&dir)?;
+            let endpoint = Endpoint::from_shared(format!("https://{addr}"))
                 .map_err(|e| UsageError(format!("invalid -H/SHOAL_HOST tcp://{addr}: {e}")))?
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("the client certificate in {}: {e}", dir.display()))?
                 .connect_timeout(CONNECT_TIMEOUT);
             endpoint.connect().await.map_err(|e| {
                 let why = io_cause(&e).map(why).unwrap_or_else(|| e.to_string());
-                unreachable(host, &why)
+                unreachable(
+                    host,
+                    &format!("{why}; with the client certificate in {}", dir.display()),
+                )
             })
         }
     }
+}
+
+/// Where a remote client keeps its certificate: `$SHOAL_CERT_PATH`, or `~/.shoal`.
+pub fn cert_dir() -> PathBuf {
+    match std::env::var_os("SHOAL_CERT_PATH") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"))
+            .join(".shoal"),
+    }
+}
+
+/// The files of a client certificate, under its directory.
+pub const CLIENT_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
+
+/// TLS with the client certificate in `dir`: the cluster CA is the only one trusted, and
+/// a manager's certificate the only one accepted.
+fn client_tls(dir: &std::path::Path) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    let (ca, cert, key) = match (
+        read(CLIENT_FILES[0]),
+        read(CLIENT_FILES[1]),
+        read(CLIENT_FILES[2]),
+    ) {
+        (Ok(ca), Ok(cert), Ok(key)) => (ca, cert, key),
+        _ => {
+            return Err(UsageError(format!(
+                "a manager's cluster port takes a client certificate of its cluster, and there \
+                 is none in {}: on a manager run \"shoal client-cert --out DIR\", copy DIR \
+                 here and point SHOAL_CERT_PATH at it (or use ~/.shoal)",
+                dir.display()
+            ))
+            .into());
+        }
+    };
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .domain_name(shoal_manager::ca::MANAGER_NAME))
 }
 
 /// Turns a daemon error into one line, with the exit code it carries (1 unless the
@@ -146,6 +200,13 @@ pub fn status(s: tonic::Status) -> anyhow::Error {
     // daemon's own "unavailable" answers (no leader, say) carry none and speak for themselves.
     if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_some() {
         return anyhow::anyhow!("the shoal daemon went away: {}", s.message());
+    }
+    if s.code() == tonic::Code::Unimplemented {
+        return anyhow::anyhow!(
+            "the daemon does not serve this here: a manager's cluster port (tcp://) serves \
+             the cluster's commands (service, node, info, join-token); containers and images \
+             are managed on each node's own socket"
+        );
     }
     let code = s
         .metadata()

@@ -314,6 +314,81 @@ pub async fn join_token(host: &Host, role: &str, rotate: bool, quiet: bool) -> a
     Ok(())
 }
 
+/// `shoal client-cert`: a key made here, certified by the manager, written with the
+/// cluster CA to `out` for `shoal -H tcp://MANAGER:4242`.
+pub async fn client_cert(
+    host: &Host,
+    name: Option<String>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{user}@{host}")
+    });
+    let dir = out.unwrap_or_else(crate::client::cert_dir);
+    let (key_pem, csr_pem) = shoal_manager::ca::node_key_and_request(&name)
+        .map_err(|e| anyhow::anyhow!("making a key: {e}"))?;
+    let mut c = ControlClient::new(connect(host).await?);
+    let r = c
+        .issue_client_cert(pc::ClientCertRequest {
+            name: name.clone(),
+            csr_pem,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    write_private_dir(
+        &dir,
+        &[
+            ("ca.pem", r.ca_pem.as_str()),
+            ("cert.pem", r.cert_pem.as_str()),
+            ("key.pem", key_pem.as_str()),
+        ],
+    )
+    .map_err(|e| anyhow::anyhow!("writing the certificate to {}: {e}", dir.display()))?;
+    let until = time::OffsetDateTime::from_unix_timestamp(r.expires_unix as i64)
+        .map(|t| t.date().to_string())
+        .unwrap_or_default();
+    let manager = r
+        .managers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "MANAGER:4242".into());
+    println!(
+        "Client certificate for {name} in {} (valid until {until}).\nOn the machine to manage \
+         the cluster from, put these files in ~/.shoal (or point SHOAL_CERT_PATH at them), then:\n    \
+         shoal -H tcp://{manager} service ls",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Writes files into `dir` (made if missing) readable by their owner only.
+fn write_private_dir(dir: &Path, files: &[(&str, &str)]) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
+
 /// `shoal info`.
 pub async fn info(host: &Host, json: bool) -> anyhow::Result<()> {
     let mut c = ControlClient::new(connect(host).await?);

@@ -126,6 +126,17 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Certify a key for managing the cluster from elsewhere: `shoal -H tcp://MANAGER:4242`
+    /// with the files it writes (run on a manager).
+    ClientCert {
+        /// Who the certificate is for, as the managers' logs show it (default: USER@HOST).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to write ca.pem, cert.pem and key.pem (default: $SHOAL_CERT_PATH, or
+        /// ~/.shoal).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Show the cluster and this node's part in it.
     Info {
         /// `text` (default) or `json`.
@@ -324,6 +335,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // SAFETY: restoring the default disposition of a signal is async-signal-safe
             // and touches no memory; no other thread runs yet besides the idle runtime's.
             unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            // The one TLS provider (remote clients speak TLS to a manager's cluster port).
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             runtime.block_on(client_command(host, command))
         }
     }
@@ -353,6 +366,7 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
             rotate,
             quiet,
         } => cluster_cmd::join_token(&host, &role, rotate, quiet).await,
+        Command::ClientCert { name, out } => cluster_cmd::client_cert(&host, name, out).await,
         Command::Info { format } => cluster_cmd::info(&host, format == "json").await,
         Command::Service(c) => service_cmd::run(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {

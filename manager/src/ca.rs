@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 pub const MANAGER_NAME: &str = "shoal-manager";
 /// The DNS name in every worker's certificate.
 pub const WORKER_NAME: &str = "shoal-worker";
+/// The name in every client certificate.
+pub const CLIENT_NAME: &str = "shoal-client";
 
 /// How long node certificates last; nodes renew them at half their life.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -50,6 +52,8 @@ pub enum Role {
     Manager,
     /// Runs tasks.
     Worker,
+    /// A remote user of the control API (`shoal client-cert`): no node, no Raft.
+    Client,
 }
 
 impl Role {
@@ -58,6 +62,7 @@ impl Role {
         match self {
             Role::Manager => "manager",
             Role::Worker => "worker",
+            Role::Client => "client",
         }
     }
 }
@@ -69,6 +74,7 @@ impl std::str::FromStr for Role {
         match s {
             "manager" => Ok(Role::Manager),
             "worker" => Ok(Role::Worker),
+            "client" => Ok(Role::Client),
             other => Err(CaError::Token(format!(
                 "unknown role \"{other}\": use worker or manager"
             ))),
@@ -146,6 +152,7 @@ impl Ca {
         let name = match role {
             Role::Manager => MANAGER_NAME,
             Role::Worker => WORKER_NAME,
+            Role::Client => CLIENT_NAME,
         };
         let mut params = CertificateParams::new(vec![name.to_string()]).map_err(cert_err)?;
         params.distinguished_name.push(DnType::CommonName, node_id);
@@ -155,10 +162,13 @@ impl Ca {
         params
             .subject_alt_names
             .push(SanType::DnsName(node_id.try_into().map_err(cert_err)?));
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = match role {
+            Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            _ => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         let since = time::OffsetDateTime::from_unix_timestamp(since.min(i64::MAX as u64) as i64)

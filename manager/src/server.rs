@@ -599,6 +599,10 @@ pub struct ClusterRecord {
 
 const CLUSTER_ID: &str = "cluster";
 
+/// Who may use the control API over the cluster port: managers (forwarding) and the
+/// holders of client certificates (`shoal client-cert`).
+const CONTROL_CALLERS: &[Role] = &[Role::Manager, Role::Client];
+
 impl ManagerService {
     /// The services for a node whose manager state lives under `dir`. If the node is a
     /// manager already (the state exists), it starts now. `agent` runs and stops the
@@ -837,15 +841,17 @@ impl ManagerService {
         let id =
             crate::ca::identity_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
         if !roles.contains(&id.role) {
+            let allowed = roles
+                .iter()
+                .map(|r| format!("{}s", r.as_str()))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let who = match id.role {
+                Role::Client => format!("client {} holds a client certificate", id.node_id),
+                role => format!("node {} is a {}", id.node_id, role.as_str()),
+            };
             return Err(Status::permission_denied(format!(
-                "{what} is for {} nodes; node {} is a {}",
-                roles
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" and "),
-                id.node_id,
-                id.role.as_str()
+                "{what} is for {allowed}; {who}"
             )));
         }
         // The manager is only written while it starts or stops (init, join, leave): a
@@ -1117,7 +1123,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::RemoveNodeRequest>,
     ) -> Result<Response<pc::RemoveReply>, Status> {
-        self.caller(&r, &[Role::Manager], "node rm")?;
+        self.caller(&r, CONTROL_CALLERS, "node rm")?;
         let m = self.active().await?;
         if let Some(mut leader) = self.forward(&m).await? {
             return leader.remove_node(r.into_inner()).await;
@@ -1131,13 +1137,19 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::JoinTokenRequest>,
     ) -> Result<Response<pc::JoinTokenReply>, Status> {
-        self.caller(&r, &[Role::Manager], "join-token")?;
+        self.caller(&r, CONTROL_CALLERS, "join-token")?;
         let m = self.active().await?;
         let req = r.into_inner();
         let role: Role = req
             .role
             .parse()
             .map_err(|e: crate::ca::CaError| Status::invalid_argument(e.to_string()))?;
+        if role == Role::Client {
+            return Err(Status::invalid_argument(
+                "join tokens are for workers and managers; a remote user of the control API \
+                 gets a client certificate instead: shoal client-cert",
+            ));
+        }
         let mut record = m.cluster_record().await.map_err(internal)?;
         let fingerprint = record
             .ca
@@ -1149,7 +1161,7 @@ impl Control for ManagerService {
                 .secret;
             match role {
                 Role::Manager => record.manager_secret = secret,
-                Role::Worker => record.worker_secret = secret,
+                Role::Worker | Role::Client => record.worker_secret = secret,
             }
             m.store
                 .write(Command::Put {
@@ -1163,7 +1175,7 @@ impl Control for ManagerService {
         }
         let secret = match role {
             Role::Manager => record.manager_secret,
-            Role::Worker => record.worker_secret,
+            Role::Worker | Role::Client => record.worker_secret,
         };
         let manager_addr = self
             .port
@@ -1183,7 +1195,7 @@ impl Control for ManagerService {
     }
 
     async fn info(&self, r: Request<pc::InfoRequest>) -> Result<Response<pc::InfoReply>, Status> {
-        self.caller(&r, &[Role::Manager], "info")?;
+        self.caller(&r, CONTROL_CALLERS, "info")?;
         let Some(m) = self.manager.read().await.clone() else {
             // A worker that joined is part of a cluster, without its state.
             let joined = self.tls_dir().join("node.crt").exists();
@@ -1238,7 +1250,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::CreateServiceRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
-        self.caller(&r, &[Role::Manager], "create service")?;
+        self.caller(&r, CONTROL_CALLERS, "create service")?;
         let m = self.active().await?;
         if let Some(mut leader) = self.forward(&m).await? {
             return leader.create_service(r.into_inner()).await;
@@ -1292,7 +1304,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::UpdateServiceRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
-        self.caller(&r, &[Role::Manager], "update service")?;
+        self.caller(&r, CONTROL_CALLERS, "update service")?;
         let m = self.active().await?;
         if let Some(mut leader) = self.forward(&m).await? {
             return leader.update_service(r.into_inner()).await;
@@ -1370,7 +1382,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::RemoveRequest>,
     ) -> Result<Response<pc::RemoveReply>, Status> {
-        self.caller(&r, &[Role::Manager], "remove service")?;
+        self.caller(&r, CONTROL_CALLERS, "remove service")?;
         let m = self.active().await?;
         if let Some(mut leader) = self.forward(&m).await? {
             return leader.remove_service(r.into_inner()).await;
@@ -1391,7 +1403,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::GetRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
-        self.caller(&r, &[Role::Manager], "get service")?;
+        self.caller(&r, CONTROL_CALLERS, "get service")?;
         let m = self.active().await?;
         m.fresh().await?;
         let (s, version) = find_service(&m, &r.into_inner().id).await?;
@@ -1408,7 +1420,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::ListRequest>,
     ) -> Result<Response<pc::ListReply>, Status> {
-        self.caller(&r, &[Role::Manager], "list services")?;
+        self.caller(&r, CONTROL_CALLERS, "list services")?;
         let m = self.active().await?;
         m.fresh().await?;
         let objects = m
@@ -1425,7 +1437,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::ListTasksRequest>,
     ) -> Result<Response<pc::ListReply>, Status> {
-        self.caller(&r, &[Role::Manager], "list tasks")?;
+        self.caller(&r, CONTROL_CALLERS, "list tasks")?;
         let m = self.active().await?;
         m.fresh().await?;
         let filter = r.into_inner().service;
@@ -1453,7 +1465,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::ListRequest>,
     ) -> Result<Response<pc::ListReply>, Status> {
-        self.caller(&r, &[Role::Manager], "list nodes")?;
+        self.caller(&r, CONTROL_CALLERS, "list nodes")?;
         let m = self.active().await?;
         m.fresh().await?;
         let objects = m
@@ -1470,7 +1482,7 @@ impl Control for ManagerService {
         &self,
         r: Request<pc::UpdateNodeRequest>,
     ) -> Result<Response<pc::ObjectReply>, Status> {
-        self.caller(&r, &[Role::Manager], "update node")?;
+        self.caller(&r, CONTROL_CALLERS, "update node")?;
         let m = self.active().await?;
         if let Some(mut leader) = self.forward(&m).await? {
             return leader.update_node(r.into_inner()).await;
@@ -1535,6 +1547,43 @@ impl Control for ManagerService {
                 version,
                 json: serde_json::to_string(&node).unwrap_or_default(),
             }),
+        }))
+    }
+
+    async fn issue_client_cert(
+        &self,
+        r: Request<pc::ClientCertRequest>,
+    ) -> Result<Response<pc::ClientCertReply>, Status> {
+        self.caller(&r, &[Role::Manager], "issuing client certificates")?;
+        let m = self.active().await?;
+        let req = r.into_inner();
+        let name = req.name.trim();
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !valid {
+            return Err(Status::invalid_argument(format!(
+                "invalid client name \"{name}\": use 1-64 letters, digits, '-', '_', '.' or '@'"
+            )));
+        }
+        let record = m.cluster_record().await.map_err(internal)?;
+        let cert_pem = record
+            .ca
+            .issue_since(&req.csr_pem, name, Role::Client, 0)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let expires_unix = crate::ca::identity_pem(&cert_pem)
+            .ok()
+            .and_then(|id| id.not_after.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        tracing::info!(client = name, "client certificate issued");
+        Ok(Response::new(pc::ClientCertReply {
+            cert_pem,
+            ca_pem: record.ca.cert_pem,
+            managers: m.store.member_addrs().into_iter().map(|(_, a)| a).collect(),
+            expires_unix,
         }))
     }
 }

@@ -81,6 +81,38 @@ async fn the_cluster_port_enforces_certificates_and_roles() {
         .await
         .unwrap();
 
+    // A client certificate (`shoal client-cert`) reaches the control API, and nothing
+    // else: not Raft, not the dispatcher, and it cannot mint more client certificates.
+    let client = channel(
+        &addr,
+        &ca.cert_pem,
+        Some(certified(&ca, "alice", Role::Client)),
+    )
+    .await
+    .unwrap();
+    ControlClient::new(client.clone())
+        .list_services(pc::ListRequest {})
+        .await
+        .unwrap();
+    let e = DispatcherClient::new(client.clone())
+        .heartbeat(pd::HeartbeatRequest {
+            node_id: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = ControlClient::new(client)
+        .issue_client_cert(pc::ClientCertRequest {
+            name: "mallory".into(),
+            csr_pem: shoal_manager::ca::node_key_and_request("mallory")
+                .unwrap()
+                .1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("client alice"), "{}", e.message());
+
     // A worker's does not, and cannot speak for another node.
     let worker = channel(
         &addr,
@@ -149,4 +181,58 @@ async fn the_cluster_port_enforces_certificates_and_roles() {
     assert!(channel(&addr, &foreign.cert_pem, None).await.is_err());
 
     svc.stop().await;
+}
+
+/// The certificate a manager's port presents, by the node it names.
+async fn presented(addr: std::net::SocketAddr, ca_pem: &str) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pki_der(ca_pem) {
+        roots.add(der).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(ca::MANAGER_NAME).unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    ca::identity_der(&leaf).unwrap().node_id
+}
+
+fn rustls_pki_der(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_presented_at_once() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca = Ca::generate().unwrap();
+    let tls = |node: &str| {
+        let (cert_pem, key_pem) = certified(&ca, node, Role::Manager);
+        shoal_manager::port::NodeTls {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem,
+            key_pem,
+        }
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, certs) = shoal_manager::port::open(
+        "127.0.0.1:0".parse().unwrap(),
+        &tls("before"),
+        tonic::service::Routes::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(presented(addr, &ca.cert_pem).await, "before");
+    // What renewal does: the new certificate in place, no restart of the port.
+    certs.set(&tls("after")).unwrap();
+    assert_eq!(presented(addr, &ca.cert_pem).await, "after");
+    let _ = stop.send(());
 }

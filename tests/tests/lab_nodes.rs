@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use shoal_tests::lab::Lab;
-use shoal_tests::{require_kernel, wait_for};
+use shoal_tests::{require_kernel, shoal_bin, wait_for};
 
 /// The line of `node ls` (as host `asker` sees it) for hostname `h`.
 fn node_line(lab: &Lab, asker: usize, h: &str) -> String {
@@ -34,6 +34,45 @@ fn managers_are_promoted_demoted_guarded_and_removed() {
         "{}",
         lab.shoal(1, &["node", "ls"]).1
     );
+
+    // A remote client: a certificate from a manager, then the control API over any
+    // manager's cluster port, from another host (here from the worker's namespace).
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap().to_string();
+    lab.shoal_ok(1, &["client-cert", "--name", "ops", "--out", &certs_dir]);
+    let remote = |args: &[&str]| {
+        let bin = shoal_bin();
+        let target = format!("tcp://{}", lab.ok(&["addr", "2"]).trim());
+        let path = format!("SHOAL_CERT_PATH={certs_dir}");
+        let mut all = vec![
+            "exec",
+            "4",
+            "env",
+            &path,
+            bin.to_str().unwrap(),
+            "-H",
+            &target,
+        ];
+        all.extend_from_slice(args);
+        lab.run(&all)
+    };
+    let (code, out, err) = remote(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "remote",
+        "busybox:test",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(lab.shoal_ok(1, &["service", "ls"]).contains("remote"));
+    let (code, _, err) = remote(&["container", "ls"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("each node's own socket"), "{err}");
+    let (code, out, err) = remote(&["service", "rm", "remote"]);
+    assert_eq!(code, 0, "{out}{err}");
 
     // Promote the worker: it joins Raft, and serves the control API itself.
     lab.shoal_ok(1, &["node", "promote", "h4"]);

@@ -252,6 +252,11 @@ impl ManagerService {
             .map_err(|e| Status::internal(e.to_string()))?;
         save_managers(&self.tls_dir(), &managers)?;
         match role {
+            Role::Client => {
+                return Err(Status::internal(
+                    "the manager answered a join with a client certificate",
+                ));
+            }
             Role::Worker => {
                 self.run_agent(false).await?;
             }

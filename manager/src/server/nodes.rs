@@ -274,6 +274,9 @@ impl Manager {
             node.hostname.clone()
         };
         match role {
+            Role::Client => Err(Status::invalid_argument(
+                "a node's role is manager or worker",
+            )),
             Role::Manager => {
                 if voters.contains(&rid) {
                     return Ok(format!("node {name} is already a manager"));
@@ -379,7 +382,7 @@ impl Manager {
                 .collect(),
             raft_id: match role {
                 Role::Manager => raft_id(&caller.node_id),
-                Role::Worker => 0,
+                Role::Worker | Role::Client => 0,
             },
         })
     }
@@ -627,6 +630,7 @@ impl ManagerService {
             }
             (Role::Manager, _) => self.become_manager(&tls, id.role).await,
             (Role::Worker, _) => self.become_worker(&tls).await,
+            (Role::Client, _) => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(

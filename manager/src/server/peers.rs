@@ -166,7 +166,7 @@ impl Join for ManagerService {
             managers,
             raft_id: match role {
                 Role::Manager => raft_id(&req.node_id),
-                Role::Worker => 0,
+                Role::Worker | Role::Client => 0,
             },
         }))
     }
