@@ -34,3 +34,8 @@ pub mod raft {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("shoal.raft.v1");
 }
+
+/// The largest gRPC message shoal sends or takes (tonic's default is 4 MiB): a Raft append
+/// of a batch of task writes, a node's assignment set or a listing of thousands of tasks
+/// may exceed that.
+pub const MAX_MESSAGE: usize = 256 << 20;

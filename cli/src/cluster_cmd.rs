@@ -138,8 +138,16 @@ pub async fn manager_routes(
         .map_err(|e| DaemonError::Config(format!("starting the manager: {e}")))?;
     let _ = services.set(svc.clone());
     Ok(Some(
-        tonic::service::Routes::new(ControlServer::new(svc.clone()))
-            .add_service(DispatcherServer::new(svc)),
+        tonic::service::Routes::new(
+            ControlServer::new(svc.clone())
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        )
+        .add_service(
+            DispatcherServer::new(svc)
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        ),
     ))
 }
 
@@ -215,7 +223,9 @@ pub async fn join(
     shoal_manager::port::parse_addr("the manager address", &remote)
         .map_err(|e| UsageError(e.to_string()))?;
     check_addrs(&listen_addr, &advertise_addr)?;
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let r = c
         .join_cluster(pc::JoinClusterRequest {
             token,
@@ -249,7 +259,9 @@ pub async fn init(
         )
         .into());
     }
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let r = c
         .init(pc::InitRequest {
             listen_addr: listen_addr.unwrap_or_default(),
@@ -291,7 +303,9 @@ pub async fn init(
 
 /// `shoal join-token worker|manager`.
 pub async fn join_token(host: &Host, role: &str, rotate: bool, quiet: bool) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let t = c
         .join_token(pc::JoinTokenRequest {
             role: role.into(),
@@ -332,7 +346,9 @@ pub async fn client_cert(
     let dir = out.unwrap_or_else(crate::client::cert_dir);
     let (key_pem, csr_pem) = shoal_manager::ca::node_key_and_request(&name)
         .map_err(|e| anyhow::anyhow!("making a key: {e}"))?;
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let r = c
         .issue_client_cert(pc::ClientCertRequest {
             name: name.clone(),
@@ -391,7 +407,9 @@ fn write_private_dir(dir: &Path, files: &[(&str, &str)]) -> std::io::Result<()> 
 
 /// `shoal info`.
 pub async fn info(host: &Host, json: bool) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let r = c
         .info(pc::InfoRequest {})
         .await
@@ -441,7 +459,9 @@ pub async fn info(host: &Host, json: bool) -> anyhow::Result<()> {
 
 /// `shoal node ls`.
 pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let objects = c
         .list_nodes(pc::ListRequest {})
         .await
@@ -500,7 +520,9 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
 
 /// `shoal node inspect`.
 pub async fn node_inspect(host: &Host, keys: Vec<String>) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let objects = c
         .list_nodes(pc::ListRequest {})
         .await
@@ -540,7 +562,9 @@ pub async fn node_update(
     label_add: Vec<String>,
     label_rm: Vec<String>,
 ) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     c.update_node(pc::UpdateNodeRequest {
         node: node.clone(),
         availability: availability.unwrap_or_default(),
@@ -576,7 +600,9 @@ where
 
 /// `shoal node promote` (`role` manager) and `shoal node demote` (worker).
 pub async fn node_role(host: &Host, keys: Vec<String>, role: &str) -> anyhow::Result<()> {
-    let c = ControlClient::new(connect(host).await?);
+    let c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     for_each_node(keys, |node| {
         let mut c = c.clone();
         async move {
@@ -599,7 +625,9 @@ pub async fn node_role(host: &Host, keys: Vec<String>, role: &str) -> anyhow::Re
 
 /// `shoal node rm`.
 pub async fn node_rm(host: &Host, keys: Vec<String>, force: bool) -> anyhow::Result<()> {
-    let c = ControlClient::new(connect(host).await?);
+    let c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     for_each_node(keys, |node| {
         let mut c = c.clone();
         async move {
@@ -618,7 +646,9 @@ pub async fn node_rm(host: &Host, keys: Vec<String>, force: bool) -> anyhow::Res
 
 /// `shoal leave`.
 pub async fn leave(host: &Host, force: bool) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?);
+    let mut c = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let r = c
         .leave_cluster(pc::LeaveRequest { force })
         .await

@@ -219,7 +219,9 @@ fn check(cmd: &ContainerCommand) -> Result<Checked, UsageError> {
 /// Runs a container subcommand.
 pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
     let checked = check(&cmd)?;
-    let mut client = ContainersClient::new(connect(host).await?);
+    let mut client = ContainersClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     match (cmd, checked) {
         (ContainerCommand::Run(a), Checked::Spec(spec)) => {
             container_run::run(&mut client, *spec, a.detach, a.rm).await

@@ -119,7 +119,9 @@ pub async fn drive(host: Host, started: Instant, exit_after: Option<u64>) -> any
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
-    let mut control = ControlClient::new(channel.clone());
+    let mut control = ControlClient::new(channel.clone())
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let info = control
         .info(pc::InfoRequest {})
         .await
@@ -131,7 +133,9 @@ pub async fn drive(host: Host, started: Instant, exit_after: Option<u64>) -> any
             .await
             .map_err(status)?;
     }
-    let mut images = ImagesClient::new(channel.clone());
+    let mut images = ImagesClient::new(channel.clone())
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let tar = busybox_rootfs()?;
     let chunks = vec![pb::Upload {
         reference: DEMO_IMAGE.into(),
@@ -161,7 +165,9 @@ pub async fn drive(host: Host, started: Instant, exit_after: Option<u64>) -> any
     eprintln!(
         "shoal dev: a one-node cluster on {host}; try \"shoal service ls\" in another terminal; Ctrl-C stops and cleans up"
     );
-    let mut containers = ContainersClient::new(channel.clone());
+    let mut containers = ContainersClient::new(channel.clone())
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
     let mut states: std::collections::BTreeMap<String, TaskState> = Default::default();
     let mut first_running_reported = false;
     let mut followed: std::collections::HashSet<String> = Default::default();

@@ -219,7 +219,10 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Load { input } => Some(Upload::start(input.as_deref(), String::new())?),
         _ => None,
     };
-    let mut client = ImagesClient::new(connect(host).await?).max_decoding_message_size(64 << 20);
+    let mut client = ImagesClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_decoding_message_size(64 << 20);
     match cmd {
         ImageCommand::Import { .. } => {
             let upload = upload.expect("opened above");

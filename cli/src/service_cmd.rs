@@ -340,25 +340,39 @@ fn split_words(line: &str) -> Option<Vec<String>> {
 }
 
 async fn client(host: &Host) -> anyhow::Result<ControlClient<tonic::transport::Channel>> {
-    Ok(ControlClient::new(connect(host).await?))
+    Ok(ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE))
 }
 
 async fn tasks_of(
     c: &mut ControlClient<tonic::transport::Channel>,
     service: &str,
 ) -> anyhow::Result<Vec<Task>> {
+    list_tasks(c, service).await.map_err(status)
+}
+
+async fn list_tasks(
+    c: &mut ControlClient<tonic::transport::Channel>,
+    service: &str,
+) -> Result<Vec<Task>, tonic::Status> {
     let objects = c
         .list_tasks(pc::ListTasksRequest {
             service: service.to_string(),
         })
-        .await
-        .map_err(status)?
+        .await?
         .into_inner()
         .objects;
     Ok(objects
         .iter()
         .filter_map(|o| serde_json::from_str(&o.json).ok())
         .collect())
+}
+
+/// A daemon's own "not now" (an election, a manager catching up), which a progress view
+/// waits out rather than giving up on: not a broken connection, not a refusal.
+fn passing(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::Unavailable && std::error::Error::source(e).is_none()
 }
 
 /// What a task says in progress lines: its state, and the message when it explains.
@@ -400,13 +414,19 @@ async fn converge(
     let mut shown: std::collections::HashMap<String, String> = Default::default();
     let mut last_summary = String::new();
     loop {
-        let now = c
+        let now = match c
             .get_service(pc::GetRequest {
                 id: service.id.clone(),
             })
             .await
-            .map_err(status)?
-            .into_inner();
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) if passing(&e) && last_change.elapsed() < quiet_limit => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(status(e)),
+        };
         let current: Service = serde_json::from_str(&now.object.unwrap_or_default().json)?;
         if let Some(st) = &current.update_status {
             if st.paused() {
@@ -427,7 +447,14 @@ async fn converge(
                 "{name} was changed by another update meanwhile: see \"shoal service inspect {name}\""
             ));
         }
-        let tasks = tasks_of(c, &service.id).await?;
+        let tasks = match list_tasks(c, &service.id).await {
+            Ok(t) => t,
+            Err(e) if passing(&e) && last_change.elapsed() < quiet_limit => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(status(e)),
+        };
         let fresh: Vec<&Task> = tasks
             .iter()
             .filter(|t| t.spec.same_task_template(&service.spec))
@@ -743,6 +770,18 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                     output::short_id(s)
                 }
             };
+            // Nodes by hostname, as people name them (the id where none is known).
+            let hostnames: std::collections::HashMap<String, String> = c
+                .list_nodes(pc::ListRequest {})
+                .await
+                .map(|r| r.into_inner().objects)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|o| serde_json::from_str::<shoal_api::types::Node>(&o.json).ok())
+                .filter(|n| !n.hostname.is_empty())
+                .map(|n| (n.id, n.hostname))
+                .collect();
+            let node = |n: &str| hostnames.get(n).cloned().unwrap_or_else(|| id(n));
             let mut seen = std::collections::HashSet::new();
             let rows: Vec<Vec<String>> = tasks
                 .iter()
@@ -774,7 +813,7 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                         id(&t.id),
                         shown,
                         t.spec.image.clone(),
-                        id(&t.node_id),
+                        node(&t.node_id),
                         format!("{:?}", t.desired_state),
                         state_column(t, now),
                         message,
@@ -880,7 +919,9 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                 .filter(|t| !t.status.container_id.is_empty())
             {
                 let mut containers =
-                    shoal_api::engine::containers_client::ContainersClient::new(channel.clone());
+                    shoal_api::engine::containers_client::ContainersClient::new(channel.clone())
+                        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
                 let prefix = format!("{}.{}", place(&t), output::short_id(&t.id));
                 handles.push(tokio::spawn(async move {
                     let req = shoal_api::engine::LogsRequest {

@@ -234,6 +234,9 @@ impl ClusterStore {
             heartbeat_interval: timings.heartbeat.as_millis() as u64,
             election_timeout_min: timings.election_min.as_millis() as u64,
             election_timeout_max: timings.election_max.as_millis() as u64,
+            // An entry may carry a batch of hundreds of task writes: fewer per append keeps
+            // one message well inside a heartbeat's worth of work on a follower.
+            max_payload_entries: 16,
             ..Default::default()
         }
         .validate()

@@ -47,6 +47,10 @@ fn load<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// The most commands one Raft entry carries: an entry is replicated whole, and a few
+/// hundred tasks' JSON is already hundreds of kilobytes.
+const BATCH: usize = 100;
+
 fn put_service(service: &Service, expected: u64) -> Command {
     Command::Put {
         kind: kinds::SERVICE.into(),
@@ -429,9 +433,15 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes commands as one Raft entry; if one of them lost a race, the others are
-    /// written one by one.
+    /// Writes commands as Raft entries of up to [`BATCH`] commands each; if one of an
+    /// entry's commands lost a race, the others of that entry are written one by one.
     async fn write_batch(&self, commands: Vec<Command>) -> Result<(), ClusterError> {
+        if commands.len() > BATCH {
+            for chunk in commands.chunks(BATCH) {
+                Box::pin(self.write_batch(chunk.to_vec())).await?;
+            }
+            return Ok(());
+        }
         if commands.len() < 2 {
             return self.write_each(commands).await;
         }

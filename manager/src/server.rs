@@ -692,7 +692,9 @@ impl ManagerService {
                 match endpoint.connect().await {
                     Ok(channel) => {
                         return Ok(Some(
-                            shoal_api::control::control_client::ControlClient::new(channel),
+                            shoal_api::control::control_client::ControlClient::new(channel)
+                                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
                         ));
                     }
                     Err(e) => last = Some(format!("the leader at {addr} is unreachable ({e})")),
@@ -770,12 +772,26 @@ impl ManagerService {
         };
         m.net.set_tls(client_tls(&tls));
         let remote = self.for_remote();
-        let routes = tonic::service::Routes::new(ControlServer::new(remote.clone()))
-            .add_service(DispatcherServer::new(remote.clone()))
-            .add_service(shoal_api::raft::raft_server::RaftServer::new(
-                remote.clone(),
-            ))
-            .add_service(shoal_api::raft::join_server::JoinServer::new(remote));
+        let routes = tonic::service::Routes::new(
+            ControlServer::new(remote.clone())
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        )
+        .add_service(
+            DispatcherServer::new(remote.clone())
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        )
+        .add_service(
+            shoal_api::raft::raft_server::RaftServer::new(remote.clone())
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        )
+        .add_service(
+            shoal_api::raft::join_server::JoinServer::new(remote)
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        );
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let (bound, certs) = crate::port::open(listen, &tls, routes, async move {
             let _ = stopped.wait_for(|s| *s).await;

@@ -68,10 +68,9 @@ times=()
 for t in $(seq $(( (trials + 3) / 4 ))); do
     until healthy 1 || healthy 2; do sleep 0.2; done
     l=$(leader)
-    id5=$(s 5 info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"][:12])')
     # Spread the tasks again, so that the worker runs its share.
     s "$l" service update --force -d web >/dev/null
-    until [ "$(s "$l" service ps web -f desired-state=running | grep " Running " | grep -c "$id5")" -ge 2 ] \
+    until [ "$(s "$l" service ps web -f desired-state=running | grep " Running " | grep -c " h5 ")" -ge 2 ] \
         && s "$l" service inspect web --format json | grep -q '"state": "completed"'; do
         sleep 0.2
     done
@@ -80,7 +79,7 @@ for t in $(seq $(( (trials + 3) / 4 ))); do
     while :; do
         ps=$(s "$l" service ps web -f desired-state=running 2>/dev/null || true)
         running=$(echo "$ps" | grep -c " Running " || true)
-        if [ "$running" -ge 10 ] && ! echo "$ps" | grep -q "$id5"; then break; fi
+        if [ "$running" -ge 10 ] && ! echo "$ps" | grep -q " h5 "; then break; fi
     done
     t1=$(now)
     times+=($(( (t1 - t0) / 1000000 )))

@@ -173,7 +173,9 @@ impl Agent {
     }
 
     async fn session(self: Arc<Self>) -> Result<(), tonic::Status> {
-        let mut client = DispatcherClient::new(self.channel());
+        let mut client = DispatcherClient::new(self.channel())
+            .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+            .max_encoding_message_size(shoal_api::MAX_MESSAGE);
         let mut stream = client.assignments(self.session.clone()).await?.into_inner();
         while let Some(set) = stream.message().await? {
             let tasks: Vec<Task> = set
@@ -224,6 +226,8 @@ impl Agent {
             };
             let mut backoff = Duration::from_millis(100);
             while let Err(e) = DispatcherClient::new(self.channel())
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE)
                 .update_status(batch.clone())
                 .await
             {
@@ -238,6 +242,8 @@ impl Agent {
     async fn heartbeats(self: Arc<Self>) {
         loop {
             let period = match DispatcherClient::new(self.channel())
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE)
                 .heartbeat(pd::HeartbeatRequest {
                     node_id: self.session.node_id.clone(),
                 })

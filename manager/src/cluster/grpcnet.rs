@@ -77,7 +77,9 @@ impl GrpcNet {
                     .map_err(|e| (false, e.to_string()))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true);
-                let c = RaftClient::new(endpoint.connect_lazy());
+                let c = RaftClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                    .max_encoding_message_size(shoal_api::MAX_MESSAGE);
                 *self.reader.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((addr.to_string(), c.clone()));
                 c
@@ -184,7 +186,11 @@ impl GrpcLink {
         if let Ok(Ok(channel)) =
             tokio::time::timeout(Duration::from_millis(500), endpoint.connect()).await
         {
-            self.client = Some(RaftClient::new(channel));
+            self.client = Some(
+                RaftClient::new(channel)
+                    .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                    .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+            );
         }
     }
 
@@ -205,7 +211,9 @@ impl GrpcLink {
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5));
-        let client = RaftClient::new(endpoint.connect_lazy());
+        let client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+            .max_encoding_message_size(shoal_api::MAX_MESSAGE);
         self.client = Some(client.clone());
         Ok(client)
     }
@@ -235,6 +243,9 @@ impl GrpcLink {
         option: &RPCOption,
     ) -> Result<pr::RaftMessage, LinkError> {
         let mut client = self.client()?;
+        // A large append (a follower catching up on batches of task writes) gets time in
+        // proportion: a second plus one per 4 MiB.
+        let size_allowance = Duration::from_secs((json.len() >> 22) as u64);
         let msg = pr::RaftMessage { json };
         let call = async {
             match which {
@@ -245,7 +256,7 @@ impl GrpcLink {
         };
         // A first call also makes the TLS connection, which takes longer than a heartbeat
         // interval; a slow answer only delays this link, elections keep their own timers.
-        let ttl = option.hard_ttl().max(Duration::from_secs(1));
+        let ttl = option.hard_ttl().max(Duration::from_secs(1)) + size_allowance;
         let reply = match tokio::time::timeout(ttl, call).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => {

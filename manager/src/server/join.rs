@@ -214,6 +214,8 @@ impl ManagerService {
         let (key_pem, csr_pem) = crate::ca::node_key_and_request(&self.node.id)
             .map_err(|e| Status::internal(e.to_string()))?;
         let reply = JoinClient::new(channel)
+            .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+            .max_encoding_message_size(shoal_api::MAX_MESSAGE)
             .join(pr::JoinRequest {
                 token: token.to_string(),
                 node_id: self.node.id.clone(),
@@ -294,6 +296,8 @@ pub(super) async fn add_manager(
             .connect_timeout(Duration::from_secs(2));
         let answer = match endpoint.connect().await {
             Ok(ch) => JoinClient::new(ch)
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE)
                 .add_manager(pr::AddManagerRequest {
                     raft_id,
                     addr: addr.to_string(),

@@ -429,7 +429,14 @@ where
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(15));
         let answer = match endpoint.connect().await {
-            Ok(ch) => call(JoinClient::new(ch)).await,
+            Ok(ch) => {
+                call(
+                    JoinClient::new(ch)
+                        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                        .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+                )
+                .await
+            }
             Err(e) => Err(Status::unavailable(format!("{target}: {e}"))),
         };
         match answer {
@@ -496,7 +503,13 @@ where
         let Ok(channel) = endpoint.connect().await else {
             continue;
         };
-        match call(JoinClient::new(channel)).await {
+        match call(
+            JoinClient::new(channel)
+                .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+                .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        )
+        .await
+        {
             Ok(v) => return Some(Ok(v)),
             Err(e) if e.metadata().get(shoal_api::REMOVED_METADATA).is_some() => {
                 return Some(Err(e));

@@ -106,17 +106,25 @@ where
         let _ = stopping_tx.send(true);
     };
     let serve = router
-        .add_service(ContainersServer::new(containers::ContainersService {
-            engine: engine.clone(),
-        }))
-        .add_service(ImagesServer::new(images::ImagesService {
-            engine: engine.clone(),
-            insecure_registries: opts.insecure_registries.clone(),
-            certs_dirs: vec![
-                opts.data_root.join("certs.d"),
-                PathBuf::from("/etc/shoal/certs.d"),
-            ],
-        }))
+        .add_service(
+            ContainersServer::new(containers::ContainersService {
+                engine: engine.clone(),
+            })
+            .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+            .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        )
+        .add_service(
+            ImagesServer::new(images::ImagesService {
+                engine: engine.clone(),
+                insecure_registries: opts.insecure_registries.clone(),
+                certs_dirs: vec![
+                    opts.data_root.join("certs.d"),
+                    PathBuf::from("/etc/shoal/certs.d"),
+                ],
+            })
+            .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+            .max_encoding_message_size(shoal_api::MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let grace = async move {
         let _ = stopping_rx.wait_for(|s| *s).await;
