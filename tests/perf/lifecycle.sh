@@ -7,6 +7,7 @@
 # Prints medians and ratios. Needs root. Usage: tests/perf/lifecycle.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/perf/common.sh
 n=${1:-50}
 sh deploy/scripts/install-deps.sh
 cargo build --release -q -p shoal-cli
@@ -21,18 +22,7 @@ trap cleanup EXIT
 
 # One bundle for every runtime: runc's default spec, running `true`, no terminal.
 sh tests/images/busybox-rootfs.sh "$work/busybox.tar"
-mkdir -p "$work/bundle/rootfs"
-tar -C "$work/bundle/rootfs" -xf "$work/busybox.tar"
-(cd "$work/bundle" && runc spec)
-python3 - "$work/bundle/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]
-c = json.load(open(p))
-c["process"]["terminal"] = False
-c["process"]["args"] = ["true"]
-c["linux"]["cgroupsPath"] = "/shoal-bench/c"
-json.dump(c, open(p, "w"), indent=1)
-PY
+runc_bundle "$work/bundle" "$work/busybox.tar" '["true"]' 'c["linux"]["cgroupsPath"] = "/shoal-bench/c"'
 
 now_ns() { date +%s%N; }
 # median of the numbers on stdin (nanoseconds) printed in milliseconds

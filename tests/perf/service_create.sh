@@ -4,6 +4,7 @@
 # loop, in one run. Needs root. Usage: tests/perf/service_create.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/perf/common.sh
 n=${1:-200}
 sh deploy/scripts/install-deps.sh
 cargo build --release -q -p shoal-cli
@@ -26,18 +27,7 @@ trap cleanup EXIT
 sh tests/images/busybox-rootfs.sh "$work/busybox.tar"
 
 # Peer: runc run -d, one container after the other, on one read-only bundle.
-mkdir -p "$work/bundle/rootfs"
-tar -C "$work/bundle/rootfs" -xf "$work/busybox.tar"
-(cd "$work/bundle" && runc spec)
-python3 - "$work/bundle/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]
-c = json.load(open(p))
-c["process"]["terminal"] = False
-c["process"]["args"] = ["sleep", "1000"]
-c["root"]["readonly"] = True
-json.dump(c, open(p, "w"))
-PY
+runc_bundle "$work/bundle" "$work/busybox.tar" '["sleep", "1000"]' 'c["root"]["readonly"] = True'
 t0=$(date +%s%N)
 for i in $(seq "$n"); do
     runc --root "$work/runc" run -d --bundle "$work/bundle" "bench$i" </dev/null >/dev/null 2>&1

@@ -7,6 +7,7 @@
 # none of that. Needs root. Usage: tests/perf/thousand.sh [N] [WORKERS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/perf/common.sh
 n=${1:-1000}
 workers=${2:-5}
 hosts=$((3 + workers))
@@ -31,18 +32,7 @@ sh tests/images/busybox-rootfs.sh "$work/busybox.tar" >/dev/null
 now() { date +%s%N; }
 
 # Peer: runc run -d, N containers split over the hosts, one loop per host, in parallel.
-mkdir -p "$work/bundle/rootfs"
-tar -C "$work/bundle/rootfs" -xf "$work/busybox.tar"
-(cd "$work/bundle" && runc spec)
-python3 - "$work/bundle/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]
-c = json.load(open(p))
-c["process"]["terminal"] = False
-c["process"]["args"] = ["sleep", "100000"]
-c["root"]["readonly"] = True
-json.dump(c, open(p, "w"))
-PY
+runc_bundle "$work/bundle" "$work/busybox.tar" '["sleep", "100000"]' 'c["root"]["readonly"] = True'
 t0=$(now)
 for h in $(seq "$hosts"); do
     (
