@@ -268,7 +268,7 @@ struct DaemonArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(
         long,
-        default_value = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off"
+        default_value = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off,openraft::raft::responder=error"
     )]
     log_level: String,
     /// Where a manager's cluster port listens: IP, IP:PORT or :PORT.
