@@ -207,6 +207,158 @@ pub struct PortConfig {
     pub mode: PublishMode,
 }
 
+/// How a service's tasks are reached on its networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP per network, balanced over the running tasks.
+    #[default]
+    Vip,
+    /// DNS round robin: the service's name gives every task's address.
+    Dnsrr,
+}
+
+/// The kind of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkDriver {
+    /// VXLAN between nodes: one layer-2 segment across the cluster.
+    #[default]
+    Overlay,
+    /// A bridge on each node: tasks reach the others on the same node.
+    Bridge,
+    /// Addresses on a parent interface's segment.
+    Macvlan,
+}
+
+impl NetworkDriver {
+    /// Its name, as `-d` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkDriver::Overlay => "overlay",
+            NetworkDriver::Bridge => "bridge",
+            NetworkDriver::Macvlan => "macvlan",
+        }
+    }
+}
+
+/// What a user asks of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NetworkSpec {
+    /// Unique name.
+    pub name: String,
+    /// Its driver.
+    pub driver: NetworkDriver,
+    /// Its subnet (CIDR); empty: the next free one of the cluster's address pool.
+    #[serde(default)]
+    pub subnet: String,
+    /// Its gateway; empty: the subnet's first address.
+    #[serde(default)]
+    pub gateway: String,
+    /// Task addresses come from this range of the subnet (CIDR); empty: the whole subnet.
+    #[serde(default)]
+    pub ip_range: String,
+    /// Standalone containers may join it (`container run --network`).
+    #[serde(default)]
+    pub attachable: bool,
+    /// No traffic leaves the network (no egress route, no published ports).
+    #[serde(default)]
+    pub internal: bool,
+    /// The routing mesh's network: ports published in ingress mode go through it.
+    #[serde(default)]
+    pub ingress: bool,
+    /// Driver options (`parent` for macvlan, `mtu`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A network as stored, with what the allocator gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Its id.
+    pub id: String,
+    /// What was asked.
+    pub spec: NetworkSpec,
+    /// Its subnet (CIDR).
+    pub subnet: String,
+    /// Its gateway address.
+    pub gateway: String,
+    /// The VXLAN network identifier (overlay networks; 0 otherwise).
+    #[serde(default)]
+    pub vni: u32,
+    /// When it was made, in Unix milliseconds.
+    #[serde(default)]
+    pub created_ms: i64,
+}
+
+/// A task's (or a container's) address on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// The network's id.
+    pub network_id: String,
+    /// The address with the subnet's prefix length, as `10.0.1.5/24`.
+    pub addr: String,
+}
+
+/// A service's virtual IP on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Vip {
+    /// The network's id.
+    pub network_id: String,
+    /// The address with the subnet's prefix length.
+    pub addr: String,
+}
+
+/// What a node is told of one network it has tasks on: the network, every endpoint on it
+/// in the cluster, and the services that use it (for the overlay's forwarding entries,
+/// service discovery and load balancing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// The network.
+    pub network: Network,
+    /// Every task on it that has a node (live ones only).
+    pub endpoints: Vec<NetEndpoint>,
+    /// The services whose tasks join it.
+    pub services: Vec<NetService>,
+}
+
+/// One task's endpoint on a network, as other nodes see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetEndpoint {
+    /// The task.
+    pub task_id: String,
+    /// Its service.
+    pub service_id: String,
+    /// Its slot (0 for global tasks).
+    pub slot: u64,
+    /// Its node.
+    pub node_id: String,
+    /// Its node's underlay address.
+    pub node_addr: String,
+    /// Its address with the prefix length.
+    pub addr: String,
+    /// Running (and healthy): it gets traffic and is named in DNS.
+    pub running: bool,
+}
+
+/// A service as the nodes of one of its networks see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetService {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// VIP or DNS round robin.
+    pub endpoint_mode: EndpointMode,
+    /// Its virtual IP on this network (with prefix length; empty in dnsrr mode).
+    pub vip: String,
+    /// Its ports published in ingress mode (on the ingress network's view only).
+    pub ports: Vec<PortConfig>,
+}
+
 /// A command run in a task's container to tell whether it is healthy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
@@ -281,6 +433,12 @@ pub struct ServiceSpec {
     /// Ports published on nodes.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    /// The networks its tasks join (ids).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// How its tasks are reached on those networks.
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
     /// Bumped by `service update --force` to redeploy without another change.
     pub force_update: u64,
     /// Labels.
@@ -319,6 +477,9 @@ pub struct Service {
     /// Where the latest update stands (None: never updated).
     #[serde(default)]
     pub update_status: Option<UpdateStatus>,
+    /// Its virtual IPs, one per network (endpoint mode vip), given by the allocator.
+    #[serde(default)]
+    pub vips: Vec<Vip>,
 }
 
 /// The states of a task, in the only order they may move.
@@ -400,6 +561,9 @@ pub struct Task {
     /// left it to it.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    /// Its addresses on the networks it joins, given by the allocator.
+    #[serde(default)]
+    pub networks: Vec<NetworkAttachment>,
     /// What the managers want of it (written only by managers).
     pub desired_state: TaskState,
     /// What the agent reports (written only by the agent and the scheduler's pending
@@ -454,6 +618,13 @@ pub struct Node {
     /// when a manager is demoted, so that its manager certificate stops working.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub certs_since: u64,
+    /// The address other nodes reach its overlay endpoints at (the VXLAN underlay),
+    /// reported by its agent.
+    #[serde(default)]
+    pub data_addr: String,
+    /// Its own address on the ingress network (the routing mesh reaches tasks from it).
+    #[serde(default)]
+    pub ingress_addr: String,
 }
 
 fn is_zero(n: &u64) -> bool {

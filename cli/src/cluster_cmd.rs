@@ -88,6 +88,7 @@ pub async fn manager_routes(
         arch: std::env::consts::ARCH.into(),
         nano_cpus: node.resources.nano_cpus,
         memory_bytes: node.resources.memory_bytes,
+        data_addr: String::new(),
     };
     // The agent hears the cluster's word on this node (its role, its removal) with its
     // heartbeats; the manager's services act on it. They exist only after the agent
@@ -243,14 +244,32 @@ pub async fn join(
     Ok(())
 }
 
+/// `shoal init --default-addr-pool CIDR... --default-addr-pool-mask-length N`.
+#[derive(Debug, Default)]
+pub struct AddrPoolArgs {
+    /// The pools.
+    pub pools: Vec<String>,
+    /// The subnet size.
+    pub mask_len: Option<u32>,
+}
+
 /// `shoal init`.
 pub async fn init(
     host: &Host,
     listen_addr: Option<String>,
     advertise_addr: Option<String>,
     force_new_cluster: bool,
+    pool: AddrPoolArgs,
 ) -> anyhow::Result<()> {
     check_addrs(&listen_addr, &advertise_addr)?;
+    shoal_manager::allocator::AddrPool::parse(&pool.pools, pool.mask_len.unwrap_or(0))
+        .map_err(UsageError)?;
+    if force_new_cluster && (!pool.pools.is_empty() || pool.mask_len.is_some()) {
+        return Err(UsageError(
+            "--force-new-cluster keeps the cluster's address pool: drop --default-addr-pool".into(),
+        )
+        .into());
+    }
     if force_new_cluster && (listen_addr.is_some() || advertise_addr.is_some()) {
         return Err(UsageError(
             "--force-new-cluster keeps this manager's cluster port: drop --listen-addr and \
@@ -267,6 +286,8 @@ pub async fn init(
             listen_addr: listen_addr.unwrap_or_default(),
             advertise_addr: advertise_addr.unwrap_or_default(),
             force_new_cluster,
+            default_addr_pool: pool.pools,
+            default_addr_pool_mask_len: pool.mask_len.unwrap_or(0),
         })
         .await
         .map_err(status)?

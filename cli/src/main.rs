@@ -7,6 +7,7 @@ mod container_cmd;
 mod container_run;
 mod dev_cmd;
 mod image_cmd;
+mod network_cmd;
 mod output;
 mod progress;
 mod service_cmd;
@@ -91,6 +92,13 @@ enum Command {
         /// of this manager's state (the other managers come back as workers).
         #[arg(long)]
         force_new_cluster: bool,
+        /// Where network subnets come from, as a CIDR (repeat for more; default
+        /// 10.0.0.0/8).
+        #[arg(long = "default-addr-pool")]
+        default_addr_pool: Vec<String>,
+        /// The prefix length of each network's subnet from the pool (default 24).
+        #[arg(long = "default-addr-pool-mask-length")]
+        default_addr_pool_mask_length: Option<u32>,
     },
     /// Join this node to a cluster, as a worker or a manager (the token says which).
     Join {
@@ -149,6 +157,9 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network_cmd::NetworkCommand),
     /// Run a container (shoal container run).
     Run(container_cmd::RunArgs),
     /// Create a container (shoal container create).
@@ -353,7 +364,15 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
             listen_addr,
             advertise_addr,
             force_new_cluster,
-        } => cluster_cmd::init(&host, listen_addr, advertise_addr, force_new_cluster).await,
+            default_addr_pool,
+            default_addr_pool_mask_length,
+        } => {
+            let pool = cluster_cmd::AddrPoolArgs {
+                pools: default_addr_pool,
+                mask_len: default_addr_pool_mask_length,
+            };
+            cluster_cmd::init(&host, listen_addr, advertise_addr, force_new_cluster, pool).await
+        }
         Command::Join {
             token,
             manager,
@@ -369,6 +388,7 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::ClientCert { name, out } => cluster_cmd::client_cert(&host, name, out).await,
         Command::Info { format } => cluster_cmd::info(&host, format == "json").await,
         Command::Service(c) => service_cmd::run(&host, c).await,
+        Command::Network(c) => network_cmd::run(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {
             cluster_cmd::node_ls(&host, format == "json").await
         }

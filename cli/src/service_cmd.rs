@@ -119,6 +119,9 @@ pub struct CreateArgs {
     /// A label K=V on the service.
     #[arg(short, long)]
     label: Vec<String>,
+    /// A network the tasks join, by name or id (repeat for more).
+    #[arg(long)]
+    network: Vec<String>,
     #[command(flatten)]
     flags: SpecFlags,
     /// Return at once instead of waiting for the tasks.
@@ -167,6 +170,15 @@ pub struct UpdateArgs {
     /// Remove a label.
     #[arg(long = "label-rm")]
     label_rm: Vec<String>,
+    /// Join another network.
+    #[arg(long = "network-add")]
+    network_add: Vec<String>,
+    /// Leave a network (by name or id).
+    #[arg(long = "network-rm")]
+    network_rm: Vec<String>,
+    /// The ids of the networks --network-rm names.
+    #[arg(skip)]
+    network_rm_ids: Vec<String>,
     #[command(flatten)]
     flags: SpecFlags,
     /// Redeploy even without another change.
@@ -234,6 +246,7 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec, UsageError> {
             .map(|p| parse_publish(p))
             .collect::<Result<_, _>>()?,
         labels: label_pairs(&a.label)?.into_iter().collect(),
+        networks: a.network.clone(),
         ..Default::default()
     };
     if matches!(mode, ServiceMode::ReplicatedJob | ServiceMode::GlobalJob) {
@@ -283,6 +296,15 @@ fn apply_update(a: &UpdateArgs, s: &mut ServiceSpec) -> Result<(), UsageError> {
     }
     for k in &a.label_rm {
         s.labels.remove(k);
+    }
+    // The stored spec names networks by id; --network-rm may name them (the ids were
+    // looked up into network_rm_ids before).
+    s.networks
+        .retain(|n| !a.network_rm.contains(n) && !a.network_rm_ids.contains(n));
+    for n in &a.network_add {
+        if !s.networks.contains(n) {
+            s.networks.push(n.clone());
+        }
     }
     for (k, v) in label_pairs(&a.label_add)? {
         s.labels.insert(k, v);
@@ -898,6 +920,14 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::Update(a) => {
             if a.rollback {
                 return rollback(&mut c, &a.service, a.detach).await;
+            }
+            let mut a = a;
+            for key in &a.network_rm {
+                if let Ok(r) = c.get_network(pc::GetRequest { id: key.clone() }).await
+                    && let Some(o) = r.into_inner().object
+                {
+                    a.network_rm_ids.push(o.id);
+                }
             }
             let updated = update(&mut c, &a.service, |s| apply_update(&a, s)).await?;
             println!("{}", a.service);

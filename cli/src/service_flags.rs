@@ -3,8 +3,8 @@
 //! so a flag means the same in both and a flag not given changes nothing.
 
 use shoal_api::types::{
-    HealthCheck, PortConfig, PortProtocol, PublishMode, RestartCondition, ServiceSpec,
-    UpdateConfig, UpdateFailureAction, UpdateOrder,
+    EndpointMode, HealthCheck, PortConfig, PortProtocol, PublishMode, RestartCondition,
+    ServiceSpec, UpdateConfig, UpdateFailureAction, UpdateOrder,
 };
 
 use crate::args::{self, UsageError};
@@ -99,6 +99,10 @@ pub struct SpecFlags {
     /// At most this many tasks on one node (0: no limit).
     #[arg(long)]
     pub replicas_max_per_node: Option<u32>,
+    /// How tasks are reached on their networks: vip (one address, balanced) or dnsrr (the
+    /// name gives every task's address).
+    #[arg(long)]
+    pub endpoint_mode: Option<String>,
 }
 
 /// Parses a duration such as `500ms`, `5s`, `1m` or `1h` (a bare `0` too) into
@@ -264,6 +268,17 @@ fn update_config(
 impl SpecFlags {
     /// Sets in `spec` what the flags say; leaves the rest.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), UsageError> {
+        if let Some(m) = &self.endpoint_mode {
+            spec.endpoint_mode = match m.as_str() {
+                "vip" => EndpointMode::Vip,
+                "dnsrr" => EndpointMode::Dnsrr,
+                other => {
+                    return Err(UsageError(format!(
+                        "invalid --endpoint-mode \"{other}\": use vip or dnsrr"
+                    )));
+                }
+            };
+        }
         let cpus = |flag: &str, v: &str| -> Result<i64, UsageError> {
             args::parse_cpus(v).map_err(|e| UsageError(e.0.replace("--cpus", flag)))
         };

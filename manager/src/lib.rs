@@ -8,8 +8,10 @@
 //! - [`pipeline`]: the leader's loop around the cores.
 //! - [`store`]: the Raft-replicated store of versioned objects (openraft + redb).
 
+pub mod allocator;
 pub mod ca;
 pub mod cluster;
+pub mod netview;
 pub mod orchestrator;
 pub mod pipeline;
 pub mod port;

@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shoal_api::types::{
-    Node, PortConfig, PublishMode, Service, ServiceMode, Task, TaskState, UpdateState, UpdateStatus,
+    EndpointMode, Network, NetworkAttachment, Node, PortConfig, PublishMode, Service, ServiceMode,
+    ServiceSpec, Task, TaskState, UpdateState, UpdateStatus, Vip,
 };
 
+use crate::allocator::{Addresses, INGRESS};
 use crate::cluster::{ClusterError, ClusterStore};
 use crate::orchestrator::{self, Proposal};
 use crate::scheduler::{self, Constraint, Decision, NodeInfo, Resources, Scheduler, TaskRequest};
@@ -30,7 +32,13 @@ pub mod kinds {
     pub const CLUSTER: &str = "cluster";
     /// Removed nodes (their certificates are refused).
     pub const REMOVED_NODE: &str = "removed_node";
+    /// Networks.
+    pub const NETWORK: &str = "network";
 }
+
+/// The id, under [`kinds::CLUSTER`], of the cluster's address pool
+/// ([`crate::allocator::AddrPool`]; absent: the default).
+pub const ADDR_POOL_ID: &str = "addr_pool";
 
 fn load<T: serde::de::DeserializeOwned>(
     store: &ClusterStore,
@@ -58,6 +66,32 @@ fn put_service(service: &Service, expected: u64) -> Command {
         value: serde_json::to_value(service).unwrap_or_default(),
         expected_version: Some(expected),
     }
+}
+
+fn put_node(node: &Node, expected: u64) -> Command {
+    Command::Put {
+        kind: kinds::NODE.into(),
+        id: node.id.clone(),
+        value: serde_json::to_value(node).unwrap_or_default(),
+        expected_version: Some(expected),
+    }
+}
+
+/// The networks a task of `spec` joins: the spec's, then the ingress network when it
+/// publishes a port in ingress mode.
+pub fn task_networks<'a>(
+    spec: &'a ServiceSpec,
+    ports: &[PortConfig],
+    ingress: Option<&'a Network>,
+) -> Vec<&'a str> {
+    let mut out: Vec<&str> = spec.networks.iter().map(String::as_str).collect();
+    if let Some(ing) = ingress
+        && ports.iter().any(|p| p.mode == PublishMode::Ingress)
+        && !out.contains(&ing.id.as_str())
+    {
+        out.push(&ing.id);
+    }
+    out
 }
 
 fn put_task(task: &Task, expected: u64) -> Command {
@@ -268,6 +302,7 @@ impl Pipeline {
                                     completed_ms: 0,
                                     message,
                                 }),
+                                vips: s.vips.clone(),
                             };
                             commands.push(put_service(&rolled, *v));
                             report.rolled_back += 1;
@@ -306,18 +341,95 @@ impl Pipeline {
         self.write_batch(commands).await
     }
 
-    /// The allocator step: NEW tasks get their resources and become PENDING. For now the
-    /// resources are host ports: a port published in host mode without a number gets one
-    /// from the dynamic range that no live task holds. Tasks asked to stop before they
-    /// reached a node stop here (no agent will ever report on them).
+    /// The allocator step: services get a VIP on each of their networks, nodes an
+    /// address on the ingress network, and NEW tasks their resources before they become
+    /// PENDING: an address on each network they join, and a number for each port
+    /// published in host mode without one (from the dynamic range, one no live task
+    /// holds). What is taken is read from the stored objects on every pass. Tasks asked to
+    /// stop before they reached a node stop here (no agent will ever report on them).
     async fn allocate(&self, report: &mut PassReport) -> Result<(), ClusterError> {
         let tasks: Vec<(Task, u64)> = load(&self.store, kinds::TASK)?;
+        let services: Vec<(Service, u64)> = load(&self.store, kinds::SERVICE)?;
+        let nodes: Vec<(Node, u64)> = load(&self.store, kinds::NODE)?;
+        let networks: Vec<Network> = load::<Network>(&self.store, kinds::NETWORK)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let ingress = networks.iter().find(|n| n.spec.ingress);
+        let names: HashMap<&str, &str> = networks
+            .iter()
+            .map(|n| (n.id.as_str(), n.spec.name.as_str()))
+            .collect();
+        let mut addrs = Addresses::new(&networks);
+        for (t, _) in &tasks {
+            if !t.status.state.is_terminal() {
+                for a in &t.networks {
+                    addrs.reserve(&a.network_id, &a.addr);
+                }
+            }
+        }
+        for (s, _) in &services {
+            for v in &s.vips {
+                addrs.reserve(&v.network_id, &v.addr);
+            }
+        }
+        let mut commands = Vec::new();
+        // Nodes' ingress endpoints: a node keeps its address unless another took it first.
+        if let Some(ing) = ingress {
+            let mut lacking = Vec::new();
+            for (n, v) in &nodes {
+                if n.ingress_addr.is_empty() || !addrs.reserve(&ing.id, &n.ingress_addr) {
+                    lacking.push((n, *v));
+                }
+            }
+            for (n, v) in lacking {
+                if let Ok(addr) = addrs.allocate(&ing.id, INGRESS) {
+                    let mut n = n.clone();
+                    n.ingress_addr = addr;
+                    commands.push(put_node(&n, v));
+                    report.allocated += 1;
+                }
+            }
+        }
+        // Service VIPs: one per network the tasks join, in vip mode.
+        for (s, v) in &services {
+            let wanted: Vec<&str> = if s.spec.endpoint_mode == EndpointMode::Vip {
+                task_networks(&s.spec, &s.spec.ports, ingress)
+            } else {
+                Vec::new()
+            };
+            let mut vips: Vec<Vip> = s
+                .vips
+                .iter()
+                .filter(|vip| wanted.contains(&vip.network_id.as_str()))
+                .cloned()
+                .collect();
+            for gone in s.vips.iter().filter(|vip| !vips.contains(vip)) {
+                addrs.release(&gone.network_id, &gone.addr);
+            }
+            for net in &wanted {
+                if vips.iter().any(|vip| vip.network_id == *net) || !addrs.knows(net) {
+                    continue;
+                }
+                if let Ok(addr) = addrs.allocate(net, names.get(net).copied().unwrap_or(net)) {
+                    vips.push(Vip {
+                        network_id: net.to_string(),
+                        addr,
+                    });
+                }
+            }
+            if vips != s.vips {
+                let mut s = s.clone();
+                s.vips = vips;
+                commands.push(put_service(&s, *v));
+                report.allocated += 1;
+            }
+        }
         let mut in_use: std::collections::HashSet<(shoal_api::types::PortProtocol, u16)> = tasks
             .iter()
             .filter(|(t, _)| orchestrator::is_live(t) && t.status.state > TaskState::New)
             .flat_map(|(t, _)| t.ports.iter().map(|p| (p.protocol, p.published)))
             .collect();
-        let mut commands = Vec::new();
         for (mut t, v) in tasks {
             if t.status.state < TaskState::Assigned && t.desired_state > TaskState::Running {
                 t.status.state = TaskState::Shutdown;
@@ -329,9 +441,29 @@ impl Pipeline {
             if t.status.state != TaskState::New {
                 continue;
             }
-            match allocate_ports(&t.ports, &mut in_use) {
-                Ok(ports) => {
+            let result = allocate_ports(&t.ports, &mut in_use).and_then(|ports| {
+                let mut attachments = Vec::new();
+                for net in task_networks(&t.spec, &ports, ingress) {
+                    let name = names.get(net).copied().unwrap_or(net);
+                    match addrs.allocate(net, name) {
+                        Ok(addr) => attachments.push(NetworkAttachment {
+                            network_id: net.to_string(),
+                            addr,
+                        }),
+                        Err(e) => {
+                            for a in &attachments {
+                                addrs.release(&a.network_id, &a.addr);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok((ports, attachments))
+            });
+            match result {
+                Ok((ports, attachments)) => {
                     t.ports = ports;
+                    t.networks = attachments;
                     t.status.state = TaskState::Pending;
                     t.status.message = "pending".into();
                 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod join;
+mod networks;
 mod nodes;
 mod peers;
 
@@ -20,8 +21,8 @@ use shoal_api::control::control_server::Control;
 use shoal_api::dispatcher as pd;
 use shoal_api::dispatcher::dispatcher_server::Dispatcher;
 use shoal_api::types::{
-    Node, NodeAvailability, PublishMode, ResourceAmounts, Service, ServiceMode, ServiceSpec, Task,
-    TaskState, UpdateFailureAction, UpdateState, UpdateStatus,
+    Network, Node, NodeAvailability, PublishMode, ResourceAmounts, Service, ServiceMode,
+    ServiceSpec, Task, TaskState, UpdateFailureAction, UpdateState, UpdateStatus,
 };
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
@@ -210,6 +211,7 @@ impl Manager {
             arch: std::env::consts::ARCH.into(),
             nano_cpus: self.node.resources.nano_cpus,
             memory_bytes: self.node.resources.memory_bytes,
+            data_addr: String::new(),
         };
         if let Err(e) = self.register(&me, false).await {
             tracing::warn!("recording this manager's node: {e}");
@@ -292,6 +294,8 @@ impl Manager {
                         addr: String::new(),
                         desired_role: None,
                         certs_since: 0,
+                        data_addr: String::new(),
+                        ingress_addr: String::new(),
                     },
                     0,
                 ),
@@ -304,6 +308,9 @@ impl Manager {
                 nano_cpus: session.nano_cpus,
                 memory_bytes: session.memory_bytes,
             };
+            if !session.data_addr.is_empty() {
+                node.data_addr = session.data_addr.clone();
+            }
             node.manager = node.id == self.node.id
                 || self
                     .store
@@ -412,6 +419,18 @@ impl Manager {
         Err(ClusterError::Raft(
             "the cluster record keeps changing".into(),
         ))
+    }
+
+    /// The IP of this manager's cluster address.
+    fn own_ip(&self) -> String {
+        let me = raft_id(&self.node.id);
+        self.store
+            .member_addrs()
+            .into_iter()
+            .find(|(id, _)| *id == me)
+            .and_then(|(_, a)| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
     }
 
     /// Records where other nodes reach node `id`.
@@ -1039,6 +1058,40 @@ fn status_command(m: &Manager, u: &pd::StatusUpdate) -> Result<Option<Command>, 
     }))
 }
 
+/// The JSON of the network views of `node_id` (see [`crate::netview`]).
+fn network_views(m: &Manager, node_id: &str) -> Result<String, ClusterError> {
+    fn all<T: serde::de::DeserializeOwned>(
+        m: &Manager,
+        kind: &str,
+    ) -> Result<Vec<T>, ClusterError> {
+        Ok(m.store
+            .list(kind)?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_value(v.value).ok())
+            .collect())
+    }
+    let networks: Vec<Network> = all(m, kinds::NETWORK)?;
+    if networks.is_empty() {
+        return Ok(String::new());
+    }
+    // Services are few, tasks many: without a service on a network, no task is on one.
+    let services: Vec<Service> = all(m, kinds::SERVICE)?;
+    let networked = services.iter().any(|s| {
+        !s.spec.networks.is_empty() || s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+    });
+    if !networked {
+        return Ok(String::new());
+    }
+    let views = crate::netview::node_views(
+        node_id,
+        &networks,
+        &services,
+        &all::<Task>(m, kinds::TASK)?,
+        &all::<Node>(m, kinds::NODE)?,
+    );
+    Ok(serde_json::to_string(&views).unwrap_or_default())
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -1058,6 +1111,11 @@ impl Control for ManagerService {
         if req.force_new_cluster {
             return self.force_new_cluster().await.map(Response::new);
         }
+        let pool = crate::allocator::AddrPool::parse(
+            &req.default_addr_pool,
+            req.default_addr_pool_mask_len,
+        )
+        .map_err(Status::invalid_argument)?;
         let mut guard = self.manager.write().await;
         if guard.is_some() {
             return Err(Status::already_exists(
@@ -1103,6 +1161,16 @@ impl Control for ManagerService {
         while !m.node_ready(&self.node.id) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        m.store
+            .write(Command::Put {
+                kind: kinds::CLUSTER.into(),
+                id: crate::pipeline::ADDR_POOL_ID.into(),
+                value: serde_json::to_value(&pool).unwrap_or_default(),
+                expected_version: None,
+            })
+            .await
+            .map_err(internal)?;
+        networks::ensure_ingress(&m).await?;
         Ok(Response::new(pc::InitReply {
             node_id: self.node.id.clone(),
             cluster_id: self.node.id.clone(),
@@ -1271,9 +1339,10 @@ impl Control for ManagerService {
         if let Some(mut leader) = self.forward(&m).await? {
             return leader.create_service(r.into_inner()).await;
         }
-        let spec: ServiceSpec = serde_json::from_str(&r.into_inner().spec_json)
+        let mut spec: ServiceSpec = serde_json::from_str(&r.into_inner().spec_json)
             .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))?;
         check_spec(&spec)?;
+        networks::resolve_service_networks(&m, &mut spec)?;
         for (_, v) in m.store.list(kinds::SERVICE).map_err(internal)? {
             if v.value["spec"]["name"] == spec.name.as_str() {
                 return Err(Status::already_exists(format!(
@@ -1292,6 +1361,7 @@ impl Control for ManagerService {
             spec,
             previous_spec: None,
             update_status: None,
+            vips: Vec::new(),
         };
         let r = m
             .store
@@ -1333,7 +1403,7 @@ impl Control for ManagerService {
                 service.spec.name, version, r.version
             )));
         }
-        let new_spec = if r.rollback {
+        let mut new_spec = if r.rollback {
             service.previous_spec.clone().ok_or_else(|| {
                 Status::failed_precondition(format!(
                     "service {} has no previous spec to roll back to",
@@ -1345,6 +1415,7 @@ impl Control for ManagerService {
                 .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))?
         };
         check_spec(&new_spec)?;
+        networks::resolve_service_networks(&m, &mut new_spec)?;
         if new_spec.mode != service.spec.mode {
             return Err(Status::invalid_argument(format!(
                 "service {} cannot change its mode: remove it and create it again",
@@ -1602,6 +1673,72 @@ impl Control for ManagerService {
             expires_unix,
         }))
     }
+
+    async fn create_network(
+        &self,
+        r: Request<pc::CreateNetworkRequest>,
+    ) -> Result<Response<pc::ObjectReply>, Status> {
+        self.caller(&r, CONTROL_CALLERS, "create network")?;
+        let m = self.active().await?;
+        if let Some(mut leader) = self.forward(&m).await? {
+            return leader.create_network(r.into_inner()).await;
+        }
+        let spec: shoal_api::types::NetworkSpec =
+            serde_json::from_str(&r.into_inner().spec_json)
+                .map_err(|e| Status::invalid_argument(format!("malformed network spec: {e}")))?;
+        let object = networks::create(&m, spec).await?;
+        Ok(Response::new(pc::ObjectReply {
+            object: Some(object),
+        }))
+    }
+
+    async fn remove_network(
+        &self,
+        r: Request<pc::RemoveRequest>,
+    ) -> Result<Response<pc::RemoveReply>, Status> {
+        self.caller(&r, CONTROL_CALLERS, "remove network")?;
+        let m = self.active().await?;
+        if let Some(mut leader) = self.forward(&m).await? {
+            return leader.remove_network(r.into_inner()).await;
+        }
+        networks::remove(&m, &r.into_inner().id).await?;
+        Ok(Response::new(pc::RemoveReply {}))
+    }
+
+    async fn get_network(
+        &self,
+        r: Request<pc::GetRequest>,
+    ) -> Result<Response<pc::ObjectReply>, Status> {
+        self.caller(&r, CONTROL_CALLERS, "get network")?;
+        let m = self.active().await?;
+        m.fresh().await?;
+        let n = networks::find_network(&m, &r.into_inner().id)?;
+        let version = m
+            .store
+            .get(kinds::NETWORK, &n.id)
+            .map_err(internal)?
+            .map(|v| v.version)
+            .unwrap_or(0);
+        Ok(Response::new(pc::ObjectReply {
+            object: Some(pc::Object {
+                id: n.id.clone(),
+                version,
+                json: serde_json::to_string(&n).unwrap_or_default(),
+            }),
+        }))
+    }
+
+    async fn list_networks(
+        &self,
+        r: Request<pc::ListRequest>,
+    ) -> Result<Response<pc::ListReply>, Status> {
+        self.caller(&r, CONTROL_CALLERS, "list networks")?;
+        let m = self.active().await?;
+        m.fresh().await?;
+        Ok(Response::new(pc::ListReply {
+            objects: networks::list(&m)?,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -1614,8 +1751,14 @@ impl Dispatcher for ManagerService {
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let me = self.caller(&r, &[Role::Manager, Role::Worker], "a session")?;
         let m = self.leading().await?;
-        let session = r.into_inner();
+        let peer = r.remote_addr().map(|a| a.ip().to_string());
+        let mut session = r.into_inner();
         same_node(&me, &session.node_id)?;
+        // The node's underlay address: what it says, else where its session comes from,
+        // else (this manager's own agent, over the local socket) this manager's address.
+        if session.data_addr.is_empty() {
+            session.data_addr = peer.unwrap_or_else(|| m.own_ip());
+        }
         if session.node_id.is_empty() {
             return Err(Status::invalid_argument("a session needs the node's id"));
         }
@@ -1626,6 +1769,7 @@ impl Dispatcher for ManagerService {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut last: Vec<(String, u64)> = Vec::new();
+            let mut last_views = String::new();
             loop {
                 crate::cluster::skip_changes(&mut events);
                 let Ok(tasks) = m.store.list(kinds::TASK) else {
@@ -1640,9 +1784,18 @@ impl Dispatcher for ManagerService {
                     .collect();
                 let key: Vec<(String, u64)> =
                     mine.iter().map(|(id, v)| (id.clone(), v.version)).collect();
-                if key != last {
+                let views = match network_views(&m, &node_id) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(node = %node_id, "network views: {e}");
+                        last_views.clone()
+                    }
+                };
+                if key != last || views != last_views {
                     last = key;
+                    last_views = views.clone();
                     let set = pd::AssignmentSet {
+                        networks_json: views,
                         tasks: mine
                             .iter()
                             .map(|(_, v)| pd::Assignment {
@@ -1785,6 +1938,7 @@ mod tests {
             arch: "x86_64".into(),
             nano_cpus: 1_000_000_000,
             memory_bytes: 1 << 30,
+            data_addr: String::new(),
         };
         m.register(&session, true).await.unwrap();
         for _ in 0..6 {

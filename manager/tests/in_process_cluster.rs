@@ -276,6 +276,7 @@ async fn fake_worker(
         arch: std::env::consts::ARCH.into(),
         nano_cpus: 4_000_000_000,
         memory_bytes: 8 << 30,
+        data_addr: String::new(),
     };
     loop {
         let candidates: Vec<usize> = up.lock().unwrap().iter().copied().collect();
@@ -587,4 +588,204 @@ async fn acknowledged_writes_survive_repeated_leader_kills() {
     for i in up {
         c.m(i).manager.stop().await;
     }
+}
+
+async fn create_network(c: &Cluster, spec: serde_json::Value) -> Result<String, tonic::Status> {
+    c.control()
+        .await
+        .create_network(Request::new(pc::CreateNetworkRequest {
+            spec_json: spec.to_string(),
+        }))
+        .await
+        .map(|r| r.into_inner().object.unwrap().id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn networks_get_subnets_and_tasks_addresses_that_come_free() {
+    let mut c = Cluster::start(1).await;
+    c.leader().await;
+    c.start_worker("w1");
+    let front = create_network(
+        &c,
+        serde_json::json!({"name": "front", "driver": "overlay"}),
+    )
+    .await
+    .unwrap();
+    let e = create_network(
+        &c,
+        serde_json::json!({"name": "front", "driver": "overlay"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    let e = create_network(
+        &c,
+        serde_json::json!({"name": "wide", "driver": "overlay", "subnet": "10.0.0.0/16"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.message().contains("overlaps") && e.message().contains("front"),
+        "{e:?}"
+    );
+    let got = c
+        .control()
+        .await
+        .get_network(Request::new(pc::GetRequest { id: "front".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .object
+        .unwrap();
+    let net: shoal_api::types::Network = serde_json::from_str(&got.json).unwrap();
+    assert_eq!((net.subnet.as_str(), net.vni), ("10.0.0.0/24", 4096));
+
+    // A service on it: its tasks and its VIP get distinct addresses of the subnet.
+    let spec = ServiceSpec {
+        name: "web".into(),
+        image: "busybox".into(),
+        replicas: 3,
+        networks: vec!["front".into()],
+        ..Default::default()
+    };
+    let web = c
+        .control()
+        .await
+        .create_service(Request::new(pc::CreateServiceRequest {
+            spec_json: serde_json::to_string(&spec).unwrap(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .object
+        .unwrap()
+        .id;
+    c.converged(&web, &["w1"], 3).await;
+    let addrs = |tasks: &[Task]| -> BTreeSet<String> {
+        tasks
+            .iter()
+            .filter(|t| !t.status.state.is_terminal())
+            .flat_map(|t| t.networks.iter().map(|a| a.addr.clone()))
+            .collect()
+    };
+    let tasks = c.tasks(&web).await;
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.networks.len() == 1 && t.networks[0].network_id == front)
+    );
+    let first = addrs(&tasks);
+    assert_eq!(first.len(), 3, "{first:?}");
+    let svc: Service = serde_json::from_str(
+        &c.control()
+            .await
+            .get_service(Request::new(pc::GetRequest { id: web.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .object
+            .unwrap()
+            .json,
+    )
+    .unwrap();
+    assert_eq!(
+        svc.spec.networks,
+        std::slice::from_ref(&front),
+        "names become ids"
+    );
+    assert_eq!(svc.vips.len(), 1);
+    assert!(!first.contains(&svc.vips[0].addr));
+    let all: BTreeSet<String> = first
+        .iter()
+        .cloned()
+        .chain([svc.vips[0].addr.clone()])
+        .collect();
+    let expected: BTreeSet<String> = (2..=5).map(|i| format!("10.0.0.{i}/24")).collect();
+    assert_eq!(all, expected, "the lowest free addresses");
+
+    // The node is told of the network: every endpoint, the service and its VIP.
+    let mut stream = c
+        .control()
+        .await
+        .assignments(Request::new(pd::SessionRequest {
+            node_id: "w1".into(),
+            hostname: "w1".into(),
+            data_addr: "192.168.0.9".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let set = stream.next().await.unwrap().unwrap();
+    let views: Vec<shoal_api::types::NetworkView> =
+        serde_json::from_str(&set.networks_json).unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].endpoints.len(), 3);
+    assert!(
+        views[0]
+            .endpoints
+            .iter()
+            .all(|e| e.node_addr == "192.168.0.9")
+    );
+    assert_eq!(views[0].services[0].vip, svc.vips[0].addr);
+    drop(stream);
+
+    // In use: removal is refused, naming the user.
+    let e = c
+        .control()
+        .await
+        .remove_network(Request::new(pc::RemoveRequest { id: "front".into() }))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("service web"), "{e:?}");
+
+    // Scaled down and up again: the freed addresses are handed out again.
+    scale(&c, &web, 1).await;
+    c.converged(&web, &["w1"], 1).await;
+    scale(&c, &web, 3).await;
+    c.converged(&web, &["w1"], 3).await;
+    let again = addrs(&c.tasks(&web).await);
+    assert!(again.is_subset(&expected), "{again:?}");
+
+    // Gone with its service, the network can go; nothing is left allocated.
+    c.control()
+        .await
+        .remove_service(Request::new(pc::RemoveRequest { id: web.clone() }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .control()
+            .await
+            .remove_network(Request::new(pc::RemoveRequest { id: "front".into() }))
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.message().contains("in use"), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("network still in use after its service went: {e:?}"),
+        }
+    }
+    let again = create_network(&c, serde_json::json!({"name": "back", "driver": "overlay"}))
+        .await
+        .unwrap();
+    let got = c
+        .control()
+        .await
+        .get_network(Request::new(pc::GetRequest { id: again }))
+        .await
+        .unwrap()
+        .into_inner()
+        .object
+        .unwrap();
+    let net: shoal_api::types::Network = serde_json::from_str(&got.json).unwrap();
+    assert_eq!(
+        (net.subnet.as_str(), net.vni),
+        ("10.0.0.0/24", 4096),
+        "subnet and VNI reused"
+    );
+    c.stop_worker("w1");
 }

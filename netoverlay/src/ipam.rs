@@ -27,6 +27,10 @@ pub struct Pool {
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     allocated: BTreeSet<Ipv4Addr>,
+    /// Addresses are handed out from this part of the subnet only (reservations may be
+    /// anywhere in it).
+    #[serde(default)]
+    range: Option<Ipv4Net>,
 }
 
 impl Pool {
@@ -38,7 +42,34 @@ impl Pool {
             subnet,
             gateway,
             allocated: BTreeSet::new(),
+            range: None,
         }
+    }
+
+    /// A pool for `subnet` with the given gateway, handing out addresses from `range`
+    /// (a part of the subnet) only, when given.
+    pub fn with(
+        subnet: Ipv4Net,
+        gateway: Ipv4Addr,
+        range: Option<Ipv4Net>,
+    ) -> Result<Pool, IpamError> {
+        let subnet = subnet.trunc();
+        let mut p = Pool::new(subnet);
+        if !subnet.contains(&gateway)
+            || gateway == subnet.network()
+            || gateway == subnet.broadcast()
+        {
+            return Err(IpamError::OutOfRange(gateway, subnet));
+        }
+        p.gateway = gateway;
+        if let Some(r) = range {
+            let r = r.trunc();
+            if !subnet.contains(&r) {
+                return Err(IpamError::OutOfRange(r.network(), subnet));
+            }
+            p.range = Some(r);
+        }
+        Ok(p)
     }
 
     /// The subnet.
@@ -60,16 +91,17 @@ impl Pool {
 
     /// Hands out the lowest free address.
     pub fn allocate(&mut self) -> Result<Ipv4Addr, IpamError> {
-        let first = u32::from(self.gateway) + 1;
-        let last = u32::from(self.subnet.broadcast());
-        for n in first..last {
+        let within = self.range.unwrap_or(self.subnet);
+        let first = u32::from(within.network());
+        let last = u32::from(within.broadcast());
+        for n in first..=last {
             let a = Ipv4Addr::from(n);
-            if !self.allocated.contains(&a) {
+            if self.usable(a) && !self.allocated.contains(&a) {
                 self.allocated.insert(a);
                 return Ok(a);
             }
         }
-        Err(IpamError::Exhausted(self.subnet))
+        Err(IpamError::Exhausted(within))
     }
 
     /// Takes a specific address.
@@ -135,6 +167,32 @@ mod tests {
         assert_eq!(
             p.reserve(Ipv4Addr::new(10, 0, 0, 9)),
             Err(IpamError::InUse(Ipv4Addr::new(10, 0, 0, 9)))
+        );
+    }
+
+    #[test]
+    fn gateway_and_range_are_kept() {
+        let mut p = Pool::with(
+            net("10.0.1.0/24"),
+            Ipv4Addr::new(10, 0, 1, 254),
+            Some(net("10.0.1.128/30")),
+        )
+        .unwrap();
+        assert_eq!(p.gateway(), Ipv4Addr::new(10, 0, 1, 254));
+        assert_eq!(p.allocate().unwrap(), Ipv4Addr::new(10, 0, 1, 128));
+        assert_eq!(p.allocate().unwrap(), Ipv4Addr::new(10, 0, 1, 129));
+        p.reserve(Ipv4Addr::new(10, 0, 1, 130)).unwrap();
+        assert_eq!(p.allocate().unwrap(), Ipv4Addr::new(10, 0, 1, 131));
+        assert!(p.allocate().is_err(), "the range is used up");
+        p.reserve(Ipv4Addr::new(10, 0, 1, 1)).unwrap();
+        assert!(Pool::with(net("10.0.1.0/24"), Ipv4Addr::new(10, 0, 2, 1), None).is_err());
+        assert!(
+            Pool::with(
+                net("10.0.1.0/24"),
+                Ipv4Addr::new(10, 0, 1, 1),
+                Some(net("10.0.2.0/25"))
+            )
+            .is_err()
         );
     }
 

@@ -2,7 +2,10 @@
 //! published ports. Service discovery and load balancing arrive with the cluster.
 
 pub mod bridge;
+pub mod dns;
 pub mod ipam;
+pub mod macvlan;
 pub mod netns;
 pub mod nft;
+pub mod overlay;
 mod proxy;

@@ -129,6 +129,8 @@ mod tests {
             addr: String::new(),
             desired_role: None,
             certs_since: 0,
+            data_addr: String::new(),
+            ingress_addr: String::new(),
         }
     }
 
@@ -144,6 +146,7 @@ mod tests {
             },
             previous_spec: None,
             update_status: None,
+            vips: Vec::new(),
         }
     }
 

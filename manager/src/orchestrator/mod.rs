@@ -69,6 +69,7 @@ pub fn new_task(service: &Service, id: String, slot: u64, node_id: &str, now_ms:
         spec: service.spec.clone(),
         created_ms: now_ms,
         ports: service.spec.ports.clone(),
+        networks: Vec::new(),
         desired_state: TaskState::Running,
         status: TaskStatus {
             state: TaskState::New,

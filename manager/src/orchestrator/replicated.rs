@@ -128,6 +128,7 @@ mod tests {
             },
             previous_spec: None,
             update_status: None,
+            vips: Vec::new(),
         }
     }
 

@@ -49,6 +49,8 @@ fn node(id: &str) -> Node {
         addr: String::new(),
         desired_role: None,
         certs_since: 0,
+        data_addr: String::new(),
+        ingress_addr: String::new(),
     }
 }
 
@@ -63,6 +65,7 @@ fn service(replicas: u64) -> Service {
         },
         previous_spec: None,
         update_status: None,
+        vips: Vec::new(),
     }
 }
 
