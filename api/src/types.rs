@@ -303,6 +303,16 @@ pub struct NetworkAttachment {
     pub addr: String,
 }
 
+/// A network a container joins, with its address there: what the engine needs to make the
+/// container's interface (the network travels whole, so the node needs no lookup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentSpec {
+    /// The network.
+    pub network: Network,
+    /// The address with the prefix length.
+    pub addr: String,
+}
+
 /// A service's virtual IP on one network.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Vip {

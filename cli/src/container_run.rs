@@ -212,6 +212,7 @@ pub fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         stop_timeout_secs,
         labels,
         security_opt: a.security_opt.clone(),
+        attachments: Vec::new(),
     })
 }
 

@@ -66,6 +66,9 @@ pub struct CreateArgs {
     /// No traffic leaves the network: no route out, no published ports.
     #[arg(long)]
     pub internal: bool,
+    /// Make it the routing mesh's network (there is one; `shoal init` makes `ingress`).
+    #[arg(long)]
+    pub ingress: bool,
     /// Driver options, KEY=VALUE: parent=IFACE (macvlan), mtu=BYTES.
     #[arg(short = 'o', long = "opt")]
     pub opts: Vec<String>,
@@ -109,7 +112,7 @@ impl CreateArgs {
             ip_range: self.ip_range.clone().unwrap_or_default(),
             attachable: self.attachable,
             internal: self.internal,
-            ingress: false,
+            ingress: self.ingress,
             options: pairs("-o", &self.opts)?,
             labels: pairs("--label", &self.labels)?,
         })
@@ -233,7 +236,7 @@ pub async fn run(host: &Host, cmd: NetworkCommand) -> anyhow::Result<()> {
         }
         NetworkCommand::Rm { networks } => {
             let mut c = client(host).await?;
-            let mut failed = None;
+            let mut failed = false;
             for key in networks {
                 match c
                     .remove_network(pc::RemoveRequest { id: key.clone() })
@@ -242,14 +245,14 @@ pub async fn run(host: &Host, cmd: NetworkCommand) -> anyhow::Result<()> {
                     Ok(_) => println!("{key}"),
                     Err(e) => {
                         eprintln!("error: {}", e.message());
-                        failed = Some(status(e));
+                        failed = true;
                     }
                 }
             }
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(()),
+            if failed {
+                return Err(crate::ExitCode(1).into());
             }
+            Ok(())
         }
     }
 }

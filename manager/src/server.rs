@@ -1001,11 +1001,11 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), Status> {
         if p.target == 0 {
             return bad("a published port needs a target port (the container's), 1-65535".into());
         }
-        if p.mode == PublishMode::Ingress {
+        if p.mode == PublishMode::Ingress && p.published == 0 {
             return bad(format!(
-                "port {}: ingress publishing (the routing mesh) is not available yet; publish \
-                 with mode=host (--publish published={},target={},mode=host)",
-                p.target, p.published, p.target
+                "port {}: a port published in ingress mode needs its number on the nodes \
+                 (--publish published=P,target={}), or publish it with mode=host",
+                p.target, p.target
             ));
         }
         if p.published != 0 && !published.insert((p.protocol, p.published)) {
@@ -1343,6 +1343,7 @@ impl Control for ManagerService {
             .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))?;
         check_spec(&spec)?;
         networks::resolve_service_networks(&m, &mut spec)?;
+        networks::check_ingress_ports(&m, &spec, "")?;
         for (_, v) in m.store.list(kinds::SERVICE).map_err(internal)? {
             if v.value["spec"]["name"] == spec.name.as_str() {
                 return Err(Status::already_exists(format!(
@@ -1416,6 +1417,7 @@ impl Control for ManagerService {
         };
         check_spec(&new_spec)?;
         networks::resolve_service_networks(&m, &mut new_spec)?;
+        networks::check_ingress_ports(&m, &new_spec, &service.id)?;
         if new_spec.mode != service.spec.mode {
             return Err(Status::invalid_argument(format!(
                 "service {} cannot change its mode: remove it and create it again",

@@ -2,6 +2,7 @@
 //! published ports. Service discovery and load balancing arrive with the cluster.
 
 pub mod bridge;
+pub mod cluster;
 pub mod dns;
 pub mod ipam;
 pub mod macvlan;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use shoal_api::dispatcher as pd;
 use shoal_api::dispatcher::dispatcher_client::DispatcherClient;
 use shoal_api::engine as pb;
-use shoal_api::types::{Task, TaskState};
+use shoal_api::types::{
+    AttachmentSpec, Network, NetworkView, PortProtocol, PublishMode, Task, TaskState,
+};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
@@ -57,6 +59,8 @@ pub struct Agent {
     /// Status waiting to go to the dispatcher, sent in batches.
     outbox: tokio::sync::mpsc::UnboundedSender<pd::StatusUpdate>,
     outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pd::StatusUpdate>>>,
+    /// The networks the managers last told of, by id (a task's attachments name them).
+    networks: std::sync::RwLock<HashMap<String, Network>>,
 }
 
 fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::StatusUpdate {
@@ -94,6 +98,7 @@ impl Agent {
             checked: Mutex::new(HashSet::new()),
             outbox,
             outbox_rx: Mutex::new(Some(rx)),
+            networks: Default::default(),
         })
     }
 
@@ -141,6 +146,7 @@ impl Agent {
         let _ = self.stop.send(true);
         if remove_tasks {
             remove_task_containers(&self.engine).await;
+            self.engine.leave_cluster_networks().await;
         }
     }
 
@@ -178,6 +184,24 @@ impl Agent {
             .max_encoding_message_size(shoal_api::MAX_MESSAGE);
         let mut stream = client.assignments(self.session.clone()).await?.into_inner();
         while let Some(set) = stream.message().await? {
+            // The networks first: a task starting below joins them.
+            let views: Vec<NetworkView> = if set.networks_json.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::from_str(&set.networks_json).unwrap_or_else(|e| {
+                    tracing::warn!("the managers' network views are malformed: {e}");
+                    Vec::new()
+                })
+            };
+            {
+                let mut known = self.networks.write().unwrap_or_else(|e| e.into_inner());
+                for v in &views {
+                    known.insert(v.network.id.clone(), v.network.clone());
+                }
+            }
+            self.engine
+                .set_network_views(&self.session.node_id, views)
+                .await;
             let tasks: Vec<Task> = set
                 .tasks
                 .iter()
@@ -397,6 +421,25 @@ impl Agent {
                 t.node_id.chars().take(12).collect::<String>()
             )
         };
+        let attachments = {
+            let known = self.networks.read().unwrap_or_else(|e| e.into_inner());
+            t.networks
+                .iter()
+                .map(|a| {
+                    let network = known.get(&a.network_id).cloned().ok_or_else(|| {
+                        EngineError::Invalid(format!(
+                            "network {} is not known on this node yet: the managers have not told of it",
+                            a.network_id
+                        ))
+                    })?;
+                    Ok(serde_json::to_string(&AttachmentSpec {
+                        network,
+                        addr: a.addr.clone(),
+                    })
+                    .unwrap_or_default())
+                })
+                .collect::<Result<Vec<String>, EngineError>>()?
+        };
         let record = self
             .engine
             .create(pb::ContainerSpec {
@@ -415,19 +458,22 @@ impl Agent {
                     .stop_grace_period_ms
                     .map(|ms| ms.div_ceil(1000) as i64)
                     .unwrap_or(-1),
+                // Ports published in ingress mode are the routing mesh's, on every node.
                 ports: t
                     .ports
                     .iter()
+                    .filter(|p| p.mode == PublishMode::Host)
                     .map(|p| pb::PortMapping {
                         host_ip: String::new(),
                         host_port: p.published.into(),
                         container_port: p.target.into(),
                         protocol: match p.protocol {
-                            shoal_api::types::PortProtocol::Tcp => "tcp".into(),
-                            shoal_api::types::PortProtocol::Udp => "udp".into(),
+                            PortProtocol::Tcp => "tcp".into(),
+                            PortProtocol::Udp => "udp".into(),
                         },
                     })
                     .collect(),
+                attachments,
                 labels,
                 ..Default::default()
             })

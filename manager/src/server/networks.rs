@@ -263,3 +263,46 @@ pub(super) fn resolve_service_networks(m: &Manager, spec: &mut ServiceSpec) -> R
     spec.networks = ids;
     Ok(())
 }
+
+/// Refuses a port published in ingress mode that another service publishes already (every
+/// node answers on it, so it is the cluster's), or when the cluster has no ingress network.
+pub(super) fn check_ingress_ports(
+    m: &Manager,
+    spec: &ServiceSpec,
+    service_id: &str,
+) -> Result<(), Status> {
+    use shoal_api::types::PublishMode;
+    let mine: Vec<_> = spec
+        .ports
+        .iter()
+        .filter(|p| p.mode == PublishMode::Ingress)
+        .collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    if !networks(m)?.iter().any(|n| n.spec.ingress) {
+        return Err(Status::failed_precondition(
+            "the cluster has no ingress network (it was removed): publish with mode=host, or create one with `shoal network create --ingress`",
+        ));
+    }
+    for (_, v) in m.store.list(kinds::SERVICE).map_err(internal)? {
+        let other: Service =
+            serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
+        if other.id == service_id {
+            continue;
+        }
+        for p in &mine {
+            if other.spec.ports.iter().any(|q| {
+                q.mode == PublishMode::Ingress
+                    && q.published == p.published
+                    && q.protocol == p.protocol
+            }) {
+                return Err(Status::already_exists(format!(
+                    "port {} is already published by service {}: choose another published port",
+                    p.published, other.spec.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}

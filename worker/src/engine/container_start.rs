@@ -8,6 +8,7 @@ use std::sync::Arc;
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
+use shoal_api::types::AttachmentSpec;
 use shoal_netoverlay::bridge::{Protocol, PublishedPort};
 
 use super::record::{ContainerRecord, State};
@@ -22,6 +23,19 @@ struct Made {
     mounted: Option<PathBuf>,
     netns: Option<PathBuf>,
     attached: bool,
+}
+
+/// The cluster networks a container spec names.
+pub(crate) fn attachments(
+    spec: &shoal_api::engine::ContainerSpec,
+) -> Result<Vec<AttachmentSpec>, EngineError> {
+    spec.attachments
+        .iter()
+        .map(|a| {
+            serde_json::from_str(a)
+                .map_err(|e| EngineError::Invalid(format!("malformed network attachment: {e}")))
+        })
+        .collect()
 }
 
 impl Engine {
@@ -150,7 +164,13 @@ impl Engine {
             }
         };
         let mut ip = String::new();
-        if let NetworkNamespace::Path(path) = &network {
+        let joins = attachments(spec)?;
+        // Beside cluster networks, the bridge gives the way out (and host-mode ports),
+        // unless every network is internal.
+        let bridge = joins.is_empty() || joins.iter().any(|a| !a.network.spec.internal);
+        if let NetworkNamespace::Path(path) = &network
+            && bridge
+        {
             let ports = published_ports(spec)?;
             let endpoint = self
                 .network
@@ -163,7 +183,27 @@ impl Engine {
             made.attached = true;
             ip = endpoint.ip.to_string();
         }
-        let etc_files = write_etc_files(&paths.state_dir, &hostname, &ip, &network)?;
+        if let NetworkNamespace::Path(path) = &network
+            && !joins.is_empty()
+        {
+            self.cluster
+                .attach(&record.id, path, &joins, usize::from(bridge), !bridge)
+                .await
+                .map_err(|e| EngineError::StartFailed {
+                    message: e.to_string(),
+                    exit_code: 125,
+                })?;
+            if ip.is_empty() {
+                ip = joins[0]
+                    .addr
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        }
+        let resolv = (!joins.is_empty()).then(|| self.cluster.resolv_conf().to_string());
+        let etc_files = write_etc_files(&paths.state_dir, &hostname, &ip, &network, resolv)?;
 
         // Security.
         let caps = crate::security::caps::resolve(&spec.cap_add, &spec.cap_drop)
@@ -252,6 +292,7 @@ impl Engine {
 
     /// Undoes what a start made: network, namespace, root mount. Safe to call twice.
     pub(crate) async fn release(&self, id: &str, detach: bool) {
+        self.cluster.detach(id).await;
         if detach && let Err(e) = self.network.detach(id).await {
             tracing::warn!(container = id, "detaching network: {e}");
         }
@@ -373,6 +414,7 @@ fn write_etc_files(
     hostname: &str,
     ip: &str,
     network: &NetworkNamespace,
+    cluster_resolv: Option<String>,
 ) -> Result<Vec<EtcFile>, EngineError> {
     let write = |name: &str, text: String| {
         let p = dir.join(name);
@@ -388,6 +430,8 @@ fn write_etc_files(
     }
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let resolv = match network {
+        // On cluster networks: the embedded DNS server, which forwards the rest.
+        NetworkNamespace::Path(_) if cluster_resolv.is_some() => cluster_resolv.unwrap_or_default(),
         // A loopback resolver on the host is unreachable from the container's namespace.
         NetworkNamespace::Path(_) | NetworkNamespace::New => host_resolv
             .lines()

@@ -110,6 +110,8 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) images: Arc<ImageStore>,
     pub(crate) network: Arc<BridgeNetwork>,
+    /// Overlay and macvlan networks, service discovery and load balancing.
+    pub(crate) cluster: Arc<shoal_netoverlay::cluster::ClusterNetworks>,
     pub(crate) store: record::RecordStore,
     pub(crate) containers: Mutex<HashMap<String, Arc<Entry>>>,
     /// Exit codes of containers removed in the last few minutes, so a `wait` that races
@@ -137,16 +139,38 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
         let store = record::RecordStore::open(&config.data_root.join("containers.redb"))?;
+        let cluster = Arc::new(
+            shoal_netoverlay::cluster::ClusterNetworks::open(
+                &config.run_root.join("net").join("cluster"),
+            )
+            .await
+            .map_err(|e| EngineError::Internal(format!("opening the cluster networks: {e}")))?,
+        );
         let engine = Arc::new(Engine {
             config,
             images,
             network,
+            cluster,
             store,
             containers: Mutex::new(HashMap::new()),
             removed: Mutex::new(Vec::new()),
         });
         engine.restore().await?;
         Ok(engine)
+    }
+
+    /// Takes the managers' latest views of the networks node `node_id`'s tasks join.
+    pub async fn set_network_views(
+        &self,
+        node_id: &str,
+        views: Vec<shoal_api::types::NetworkView>,
+    ) {
+        self.cluster.set_views(node_id, views).await;
+    }
+
+    /// Removes every cluster network of this node (it leaves its cluster).
+    pub async fn leave_cluster_networks(&self) {
+        self.cluster.remove_all().await;
     }
 
     /// The images this engine runs.

@@ -68,6 +68,19 @@ impl Engine {
         if let Err(e) = self.network.restore(&live).await {
             tracing::warn!("restoring network state: {e}");
         }
+        let mut joined = Vec::new();
+        for id in &live {
+            if let Ok(entry) = self.find(id) {
+                let record = entry.snapshot();
+                match super::container_start::attachments(&record.spec) {
+                    Ok(a) if !a.is_empty() => {
+                        joined.push((id.clone(), self.config.run_root.join("netns").join(id), a))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.cluster.restore(&joined).await;
         Ok(())
     }
 
