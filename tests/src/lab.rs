@@ -142,6 +142,35 @@ impl Lab {
         out
     }
 
+    /// The ids of the running containers of `service`'s tasks on host `i`.
+    pub fn task_containers(&self, i: usize, service: &str) -> Vec<String> {
+        let (_, out, _) = self.shoal(i, &["container", "ls", "--format", "json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+        list.iter()
+            .filter(|c| {
+                c["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{service}.")))
+            })
+            .filter_map(|c| c["id"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// The lab's name (its state is under /tmp/shoal-lab-NAME).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The IP of host `i` on the lab's underlay.
+    pub fn ip(&self, i: usize) -> String {
+        let addr = self.ok(&["addr", &i.to_string()]);
+        addr.trim()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Running tasks of `service` per node hostname.
     pub fn spread(&self, i: usize, service: &str) -> std::collections::BTreeMap<String, usize> {
         let (_, out, _) = self.shoal(i, &["service", "ps", service, "--format", "json"]);

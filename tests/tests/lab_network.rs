@@ -1,0 +1,311 @@
+//! Networking on the lab (one manager, two workers, each a host of its own): services on
+//! an overlay reach each other by name across hosts, the VIP spreads requests over every
+//! replica, dnsrr names every task, a scale-down leaves DNS and the VIP at once, the
+//! routing mesh answers on every host, an internal network has no way out, a macvlan
+//! task answers another host on the segment; and once everything is removed, no
+//! namespace, link, route, neighbour entry or nftables rule is left on any host.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use shoal_tests::lab::Lab;
+use shoal_tests::{require_kernel, wait_for};
+
+const HTTPD: &[&str] = &["busybox:test", "httpd", "-f", "-p", "80", "-h", "/"];
+
+/// `shoal service create` on host 1 with `flags`, then `cmd` (image and command).
+fn service(lab: &Lab, flags: &[&str], cmd: &[&str]) {
+    let mut args = vec!["service", "create"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(cmd);
+    lab.shoal_ok(1, &args);
+}
+
+/// Runs `cmd` in container `c` on host `i`.
+fn exec(lab: &Lab, i: usize, c: &str, cmd: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["container", "exec", c];
+    args.extend_from_slice(cmd);
+    lab.shoal(i, &args)
+}
+
+/// The hostnames (container ids) that answer `url` in `n` requests from container `c`.
+/// (busybox's own `wget -T` crashes in this busybox build: `timeout` bounds it instead.)
+fn answers(lab: &Lab, c: &str, url: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .filter_map(|_| {
+            let (code, out, _) = exec(lab, 1, c, &["timeout", "3", "wget", "-q", "-O", "-", url]);
+            (code == 0).then(|| out.trim().to_string())
+        })
+        .collect()
+}
+
+/// The addresses `name` resolves to in container `c` (through 127.0.0.11).
+fn resolve(lab: &Lab, c: &str, name: &str) -> BTreeSet<String> {
+    let (_, out, _) = exec(lab, 1, c, &["nslookup", name, "127.0.0.11"]);
+    out.lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(|a| a.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn services_talk_by_name_across_hosts_and_nothing_is_left() {
+    require_kernel!();
+    let lab = Lab::cluster("nw", 1, 2);
+    lab.shoal_ok(1, &["network", "create", "-d", "overlay", "front"]);
+    let (code, _, err) = lab.shoal(1, &["network", "create", "front"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists already"), "{err}");
+    let ls = lab.shoal_ok(1, &["network", "ls"]);
+    assert!(ls.contains("front") && ls.contains("ingress"), "{ls}");
+
+    // web on every host, a client on host 1.
+    service(
+        &lab,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--replicas-max-per-node",
+            "1",
+            "--network",
+            "front",
+        ],
+        HTTPD,
+    );
+    service(
+        &lab,
+        &[
+            "--name",
+            "client",
+            "--constraint",
+            "node.hostname==h1",
+            "--network",
+            "front",
+        ],
+        &["busybox:test", "sleep", "100000"],
+    );
+    let c = lab
+        .task_containers(1, "client")
+        .pop()
+        .expect("client runs on h1");
+
+    // By name, over the overlay: the VIP spreads requests over every replica (two of
+    // them on other hosts).
+    let mut seen = BTreeSet::new();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            seen.extend(answers(&lab, &c, "http://web/etc/hostname", 6));
+            seen.len() == 3
+        }),
+        "the VIP reached {seen:?}"
+    );
+    assert_eq!(resolve(&lab, &c, "web").len(), 1, "vip mode: one address");
+    assert_eq!(resolve(&lab, &c, "tasks.web").len(), 3);
+    let (code, out, _) = exec(&lab, 1, &c, &["ip", "-o", "link", "show", "eth1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("mtu 1450"),
+        "overlay MTU is the underlay's - 50: {out}"
+    );
+    // Names the cluster does not know go to the host's resolvers (none answer in the lab,
+    // but the question is not answered as if it were ours).
+    assert!(resolve(&lab, &c, "web.invalid").is_empty());
+
+    // dnsrr: the name gives every task.
+    service(
+        &lab,
+        &[
+            "--name",
+            "rr",
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "front",
+        ],
+        HTTPD,
+    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        resolve(&lab, &c, "rr").len() == 2
+    }));
+    assert_eq!(resolve(&lab, &c, "rr"), resolve(&lab, &c, "tasks.rr"));
+
+    // Scaled down: DNS and the VIP follow at once (measured in tests/perf/overlay.sh).
+    lab.shoal_ok(1, &["service", "scale", "-d", "web=1"]);
+    let scaled = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(5), || resolve(&lab, &c, "tasks.web")
+            .len()
+            == 1),
+        "tasks.web: {:?}",
+        resolve(&lab, &c, "tasks.web")
+    );
+    eprintln!(
+        "tasks.web followed the scale-down in {:?}",
+        scaled.elapsed()
+    );
+    assert_eq!(answers(&lab, &c, "http://web/etc/hostname", 6).len(), 1);
+
+    // The routing mesh: every host answers on the published port.
+    service(
+        &lab,
+        &["--name", "pub", "--publish", "published=8080,target=80"],
+        HTTPD,
+    );
+    for i in 1..=3 {
+        let url = format!("http://{}:8080/etc/hostname", lab.ip(i));
+        let from = if i == 3 { "1" } else { "3" };
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                lab.run(&[
+                    "exec", from, "busybox", "timeout", "3", "busybox", "wget", "-q", "-O", "-",
+                    &url,
+                ])
+                .0 == 0
+            }),
+            "host {i} does not answer on the ingress port"
+        );
+    }
+
+    // An internal network: no route out.
+    lab.shoal_ok(1, &["network", "create", "--internal", "back"]);
+    service(
+        &lab,
+        &[
+            "--name",
+            "iso",
+            "--constraint",
+            "node.hostname==h1",
+            "--network",
+            "back",
+        ],
+        &["busybox:test", "sleep", "100000"],
+    );
+    let iso = lab.task_containers(1, "iso").pop().expect("iso runs on h1");
+    let (_, routes, _) = exec(&lab, 1, &iso, &["ip", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+    let url = format!("http://{}:8080/etc/hostname", lab.ip(2));
+    let (code, _, _) = exec(
+        &lab,
+        1,
+        &iso,
+        &["timeout", "3", "wget", "-q", "-O", "-", &url],
+    );
+    assert_ne!(code, 0, "an internal network reached another host");
+
+    // macvlan on the hosts' underlay segment: another host reaches the task directly.
+    let net = lab.ip(1).rsplit_once('.').unwrap().0.to_string();
+    lab.shoal_ok(
+        1,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=eth0",
+            "--subnet",
+            &format!("{net}.0/24"),
+            "--gateway",
+            &format!("{net}.1"),
+            "--ip-range",
+            &format!("{net}.128/25"),
+            "lan",
+        ],
+    );
+    service(
+        &lab,
+        &[
+            "--name",
+            "mv",
+            "--endpoint-mode",
+            "dnsrr",
+            "--constraint",
+            "node.hostname==h1",
+            "--network",
+            "lan",
+        ],
+        HTTPD,
+    );
+    let mv = lab.task_containers(1, "mv").pop().expect("mv runs on h1");
+    let (_, addr, _) = exec(&lab, 1, &mv, &["ip", "-o", "-4", "addr", "show", "eth1"]);
+    let ip = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with(&format!("{net}.1")), "{addr}");
+    let url = format!("http://{ip}/etc/hostname");
+    let (code, out, err) = lab.run(&[
+        "exec", "2", "busybox", "timeout", "3", "busybox", "wget", "-q", "-O", "-", &url,
+    ]);
+    assert_eq!(code, 0, "host 2 cannot reach the macvlan task: {out}{err}");
+
+    // In use: refused, naming the users. Then everything goes.
+    let (code, _, err) = lab.shoal(1, &["network", "rm", "front"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("service web") && err.contains("service client"),
+        "{err}"
+    );
+    for s in ["web", "client", "rr", "pub", "iso", "mv"] {
+        lab.shoal_ok(1, &["service", "rm", s]);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            lab.shoal(1, &["network", "rm", "front", "back", "lan"]).0 == 0
+                || lab.shoal(1, &["network", "ls", "-q"]).1.trim() == "ingress"
+        }),
+        "{}",
+        lab.shoal(1, &["network", "rm", "front", "back", "lan"]).2
+    );
+    assert!(wait_for(Duration::from_secs(30), || lab.containers() == 0));
+    for i in 1..=3 {
+        let host = i.to_string();
+        let run = |cmd: &[&str]| {
+            let mut all = vec!["exec", host.as_str()];
+            all.extend_from_slice(cmd);
+            lab.run(&all).1
+        };
+        let clean = || {
+            let links = run(&["ip", "-o", "link"]);
+            let names: Vec<&str> = links
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n))
+                .collect();
+            names == ["lo", "eth0"] && run(&["nft", "list", "tables"]).trim().is_empty()
+        };
+        assert!(
+            wait_for(Duration::from_secs(15), clean),
+            "host {i}: links {} tables {}",
+            run(&["ip", "-o", "link"]),
+            run(&["nft", "list", "tables"])
+        );
+        let routes = run(&["ip", "route"]);
+        assert_eq!(routes.lines().count(), 1, "host {i}: {routes}");
+        let neigh = run(&["ip", "neigh"]);
+        assert!(!neigh.contains("10.0."), "host {i}: {neigh}");
+        let dir = format!("/tmp/shoal-lab-{}/h{i}/run/net/cluster", lab.name());
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("ov-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "host {i}: overlay namespaces left: {left:?}"
+        );
+    }
+}
