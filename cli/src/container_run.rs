@@ -67,7 +67,7 @@ pub struct RunArgs {
     /// Publish a port: [IP:]HOSTPORT:PORT[/tcp|udp].
     #[arg(short, long = "publish")]
     publish: Vec<String>,
-    /// bridge (default), host or none.
+    /// bridge (default), host, none, or an attachable cluster network by name.
     #[arg(long, default_value = "bridge")]
     network: String,
     /// Override the image's entrypoint ("" for none).
@@ -129,9 +129,13 @@ pub fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         .iter()
         .map(|l| args::parse_label(l))
         .collect::<Result<_, _>>()?;
-    if !matches!(a.network.as_str(), "bridge" | "host" | "none") {
+    let name_like = !a.network.is_empty()
+        && a.network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_like {
         return Err(UsageError(format!(
-            "invalid --network \"{}\": use bridge, host or none",
+            "invalid --network \"{}\": use bridge, host, none or the name of an attachable cluster network",
             a.network
         )));
     }
@@ -494,8 +498,8 @@ mod tests {
             (vec!["--cpus", "0", "busybox"], "invalid --cpus \"0\""),
             (vec!["-p", "1:2:3:4", "busybox"], "invalid -p \"1:2:3:4\""),
             (
-                vec!["--network", "mars", "busybox"],
-                "invalid --network \"mars\"",
+                vec!["--network", "mars base", "busybox"],
+                "invalid --network \"mars base\"",
             ),
             (vec!["-e", "=1", "busybox"], "invalid -e \"=1\""),
             (vec!["-l", "=1", "busybox"], "invalid label \"=1\""),

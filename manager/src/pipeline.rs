@@ -320,8 +320,9 @@ impl Pipeline {
             }
         }
         // Tasks of removed services: stop the live ones, forget the stopped ones.
+        // (Standalone containers' attachments have no service.)
         for (t, v) in &tasks {
-            if known.contains(t.service_id.as_str()) {
+            if known.contains(t.service_id.as_str()) || t.service_id.is_empty() {
                 continue;
             }
             if orchestrator::is_live(t) {
@@ -461,6 +462,12 @@ impl Pipeline {
                 Ok((ports, attachments))
             });
             match result {
+                Ok((ports, attachments)) if t.service_id.is_empty() => {
+                    // A standalone container's attachment: it runs already.
+                    t.ports = ports;
+                    t.networks = attachments;
+                    t.status.state = TaskState::Running;
+                }
                 Ok((ports, attachments)) => {
                     t.ports = ports;
                     t.networks = attachments;

@@ -1782,6 +1782,8 @@ impl Dispatcher for ManagerService {
                     .filter(|(_, v)| {
                         v.value["node_id"] == node_id.as_str()
                             && v.value["status"]["state"] != "new"
+                            // A standalone container's attachment: nothing to run.
+                            && v.value["service_id"] != ""
                     })
                     .collect();
                 let key: Vec<(String, u64)> =
@@ -1861,6 +1863,39 @@ impl Dispatcher for ManagerService {
             period_ms: m.options.heartbeat_period.as_millis() as u64,
             role: m.wanted_role(&node_id).as_str().into(),
         }))
+    }
+
+    async fn attach_network(
+        &self,
+        r: Request<pd::AttachRequest>,
+    ) -> Result<Response<pd::AttachReply>, Status> {
+        let me = self.caller(&r, &[Role::Manager, Role::Worker], "a network attachment")?;
+        let m = self.leading().await?;
+        let req = r.into_inner();
+        same_node(&me, &req.node_id)?;
+        let spec = networks::attach_container(
+            &m,
+            &req.node_id,
+            &req.network,
+            &req.container_id,
+            &req.container_name,
+        )
+        .await?;
+        Ok(Response::new(pd::AttachReply {
+            attachment_json: serde_json::to_string(&spec).unwrap_or_default(),
+        }))
+    }
+
+    async fn detach_network(
+        &self,
+        r: Request<pd::DetachRequest>,
+    ) -> Result<Response<pd::DetachReply>, Status> {
+        let me = self.caller(&r, &[Role::Manager, Role::Worker], "a network attachment")?;
+        let m = self.leading().await?;
+        let req = r.into_inner();
+        same_node(&me, &req.node_id)?;
+        networks::detach_container(&m, &req.node_id, &req.container_id).await?;
+        Ok(Response::new(pd::DetachReply {}))
     }
 
     async fn update_status(

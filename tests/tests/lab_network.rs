@@ -249,6 +249,88 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
     ]);
     assert_eq!(code, 0, "host 2 cannot reach the macvlan task: {out}{err}");
 
+    // Attachable: a standalone container on a worker joins, and reaches a service by
+    // name; a network that is not attachable refuses it.
+    lab.shoal_ok(1, &["network", "create", "--attachable", "shared"]);
+    service(
+        &lab,
+        &[
+            "--name",
+            "echo",
+            "--constraint",
+            "node.hostname==h2",
+            "--network",
+            "shared",
+        ],
+        HTTPD,
+    );
+    let (code, _, err) = lab.shoal(
+        3,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--network",
+            "front",
+            "busybox:test",
+            "sleep",
+            "60",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not attachable"), "{err}");
+    let sa = lab.shoal_ok(
+        3,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "sa",
+            "--network",
+            "shared",
+            "busybox:test",
+            "sleep",
+            "100000",
+        ],
+    );
+    let sa = sa.trim().to_string();
+    let reached = wait_for(Duration::from_secs(10), || {
+        let (code, _, _) = lab.shoal(
+            3,
+            &[
+                "container",
+                "exec",
+                &sa,
+                "timeout",
+                "3",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://echo/etc/hostname",
+            ],
+        );
+        code == 0
+    });
+    assert!(
+        reached,
+        "the standalone container did not reach service echo"
+    );
+    let (code, _, err) = lab.shoal(1, &["network", "rm", "shared"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("container sa"), "{err}");
+    lab.shoal_ok(3, &["container", "rm", "-f", &sa]);
+    lab.shoal_ok(1, &["service", "rm", "echo"]);
+    assert!(
+        wait_for(Duration::from_secs(20), || lab
+            .shoal(1, &["network", "rm", "shared"])
+            .0
+            == 0),
+        "{}",
+        lab.shoal(1, &["network", "rm", "shared"]).2
+    );
+
     // In use: refused, naming the users. Then everything goes.
     let (code, _, err) = lab.shoal(1, &["network", "rm", "front"]);
     assert_ne!(code, 0);

@@ -39,6 +39,71 @@ pub enum News {
 /// Where the agent sends [`News`].
 pub type Newsroom = Arc<dyn Fn(News) + Send + Sync>;
 
+/// How the engine reaches the managers for standalone containers' network attachments:
+/// through the agent's session (weakly: the engine outlives agents).
+struct Link(std::sync::Weak<Agent>);
+
+impl crate::engine::ClusterAttacher for Link {
+    fn attach(
+        &self,
+        network: String,
+        container_id: String,
+        name: String,
+    ) -> futures::future::BoxFuture<'static, Result<AttachmentSpec, String>> {
+        let agent = self.0.upgrade();
+        Box::pin(async move {
+            let agent = agent.ok_or("this node's agent stopped: try again")?;
+            let request = pd::AttachRequest {
+                node_id: agent.session.node_id.clone(),
+                network,
+                container_id,
+                container_name: name,
+            };
+            let mut last = String::new();
+            for _ in 0..3 {
+                match DispatcherClient::new(agent.channel())
+                    .attach_network(request.clone())
+                    .await
+                {
+                    Ok(r) => {
+                        return serde_json::from_str(&r.into_inner().attachment_json)
+                            .map_err(|e| format!("the managers' attachment is malformed: {e}"));
+                    }
+                    Err(e) if e.metadata().get(shoal_api::LEADER_METADATA).is_some() => {
+                        agent.redial(&e);
+                        last = e.message().to_string();
+                    }
+                    Err(e) => return Err(e.message().to_string()),
+                }
+            }
+            Err(last)
+        })
+    }
+
+    fn detach(&self, container_id: String) -> futures::future::BoxFuture<'static, ()> {
+        let agent = self.0.upgrade();
+        Box::pin(async move {
+            let Some(agent) = agent else { return };
+            let request = pd::DetachRequest {
+                node_id: agent.session.node_id.clone(),
+                container_id,
+            };
+            for _ in 0..3 {
+                match DispatcherClient::new(agent.channel())
+                    .detach_network(request.clone())
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::debug!("giving a network attachment back: {e}");
+                        agent.redial(&e);
+                    }
+                }
+            }
+        })
+    }
+}
+
 /// The agent of one node.
 pub struct Agent {
     engine: Arc<Engine>,
@@ -105,6 +170,8 @@ impl Agent {
     /// Runs sessions until [`Agent::stop`], reconnecting after failures; heartbeats and
     /// sends status batches alongside.
     pub async fn run(self: Arc<Self>) {
+        self.engine
+            .set_attacher(Some(Arc::new(Link(Arc::downgrade(&self)))));
         if let Some(rx) = self.outbox_rx.lock().await.take() {
             self.spawn(self.clone().send_status(rx));
         }
@@ -144,6 +211,7 @@ impl Agent {
     /// each with its grace period, and removed.
     pub async fn stop(&self, remove_tasks: bool) {
         let _ = self.stop.send(true);
+        self.engine.set_attacher(None);
         if remove_tasks {
             remove_task_containers(&self.engine).await;
             self.engine.leave_cluster_networks().await;

@@ -306,3 +306,105 @@ pub(super) fn check_ingress_ports(
     }
     Ok(())
 }
+
+/// Records a standalone container's attachment to an attachable network (a task without a
+/// service, on the container's node) and waits for the allocator to give it an address.
+pub(super) async fn attach_container(
+    m: &Manager,
+    node_id: &str,
+    network: &str,
+    container_id: &str,
+    container_name: &str,
+) -> Result<shoal_api::types::AttachmentSpec, Status> {
+    use shoal_api::types::{TaskState, TaskStatus};
+    let net = find_network(m, network).map_err(|e| {
+        Status::not_found(format!(
+            "{}; cluster networks are made with \"shoal network create --attachable NAME\" on a manager",
+            e.message()
+        ))
+    })?;
+    if net.spec.ingress || !net.spec.attachable {
+        return Err(Status::failed_precondition(format!(
+            "network {} is not attachable: only services join it (create one with \"shoal network create --attachable NAME\")",
+            net.spec.name
+        )));
+    }
+    // A container that joins again (restarted) keeps one attachment.
+    detach_container(m, node_id, container_id).await?;
+    let id = random_id()?;
+    let task = Task {
+        id: id.clone(),
+        service_id: String::new(),
+        slot: 0,
+        node_id: node_id.to_string(),
+        spec: ServiceSpec {
+            name: container_name.to_string(),
+            networks: vec![net.id.clone()],
+            ..Default::default()
+        },
+        created_ms: now_ms(),
+        ports: Vec::new(),
+        networks: Vec::new(),
+        desired_state: TaskState::Running,
+        status: TaskStatus {
+            state: TaskState::New,
+            timestamp_ms: now_ms(),
+            message: format!("attachment of container {container_name}"),
+            exit_code: None,
+            container_id: container_id.to_string(),
+        },
+    };
+    m.store
+        .write(Command::Put {
+            kind: kinds::TASK.into(),
+            id: id.clone(),
+            value: serde_json::to_value(&task).unwrap_or_default(),
+            expected_version: Some(0),
+        })
+        .await
+        .map_err(internal)?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(v) = m.store.get(kinds::TASK, &id).map_err(internal)? {
+            let t: Task =
+                serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
+            if let Some(a) = t.networks.first() {
+                return Ok(shoal_api::types::AttachmentSpec {
+                    network: net,
+                    addr: a.addr.clone(),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::resource_exhausted(format!(
+                    "no address on network {}: {}",
+                    net.spec.name, t.status.message
+                )));
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Forgets the attachments of a container on a node (its addresses come free).
+pub(super) async fn detach_container(
+    m: &Manager,
+    node_id: &str,
+    container_id: &str,
+) -> Result<(), Status> {
+    for (id, v) in m.store.list(kinds::TASK).map_err(internal)? {
+        if v.value["service_id"] == ""
+            && v.value["node_id"] == node_id
+            && v.value["status"]["container_id"] == container_id
+        {
+            m.store
+                .write(Command::Delete {
+                    kind: kinds::TASK.into(),
+                    id,
+                    expected_version: Some(v.version),
+                })
+                .await
+                .map_err(internal)?;
+        }
+    }
+    Ok(())
+}

@@ -16,6 +16,14 @@ impl Engine {
     /// Creates a container and returns its record.
     pub async fn create(&self, mut spec: ContainerSpec) -> Result<ContainerRecord, EngineError> {
         validate(&spec)?;
+        if !matches!(spec.network.as_str(), "" | "bridge" | "host" | "none")
+            && self.attacher().is_none()
+        {
+            return Err(EngineError::Invalid(format!(
+                "network \"{}\" not found: use bridge, host or none (cluster networks need this node in a cluster)",
+                spec.network
+            )));
+        }
         let images = self.images.clone();
         let image_ref = spec.image.clone();
         let (image, config) = tokio::task::spawn_blocking(move || {
@@ -141,13 +149,12 @@ fn validate(spec: &ContainerSpec) -> Result<(), EngineError> {
             ));
         }
     }
-    match spec.network.as_str() {
-        "" | "bridge" | "host" | "none" => {}
-        other => {
-            return invalid(format!(
-                "network \"{other}\" not found: use bridge, host or none"
-            ));
-        }
+    // Other names are cluster networks, checked with the managers at start.
+    if !spec.attachments.is_empty() && matches!(spec.network.as_str(), "host" | "none") {
+        return invalid(format!(
+            "cluster networks need a network namespace of the container's own, not \"{}\"",
+            spec.network
+        ));
     }
     if !spec.ports.is_empty() && matches!(spec.network.as_str(), "host" | "none") {
         return invalid(format!(

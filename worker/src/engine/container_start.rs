@@ -23,6 +23,8 @@ struct Made {
     mounted: Option<PathBuf>,
     netns: Option<PathBuf>,
     attached: bool,
+    /// The managers gave a standalone container an address on a cluster network.
+    cluster_attached: bool,
 }
 
 /// The cluster networks a container spec names.
@@ -72,6 +74,12 @@ impl Engine {
                 Ok(())
             }
             Err(e) => {
+                if made.cluster_attached
+                    && !self.cluster.has(&record.id).await
+                    && let Some(a) = self.attacher()
+                {
+                    a.detach(record.id.clone()).await;
+                }
                 self.release(&record.id, made.attached).await;
                 let exit_code = match &e {
                     EngineError::StartFailed { exit_code, .. } => *exit_code,
@@ -164,7 +172,26 @@ impl Engine {
             }
         };
         let mut ip = String::new();
-        let joins = attachments(spec)?;
+        let mut joins = attachments(spec)?;
+        if !matches!(spec.network.as_str(), "" | "bridge" | "host" | "none") {
+            // A standalone container on an attachable cluster network.
+            let attacher = self.attacher().ok_or_else(|| EngineError::StartFailed {
+                message: format!(
+                    "network {} is a cluster network and this node is not in a cluster",
+                    spec.network
+                ),
+                exit_code: 125,
+            })?;
+            let a = attacher
+                .attach(spec.network.clone(), record.id.clone(), record.name.clone())
+                .await
+                .map_err(|message| EngineError::StartFailed {
+                    message,
+                    exit_code: 125,
+                })?;
+            made.cluster_attached = true;
+            joins.push(a);
+        }
         // Beside cluster networks, the bridge gives the way out (and host-mode ports),
         // unless every network is internal.
         let bridge = joins.is_empty() || joins.iter().any(|a| !a.network.spec.internal);
@@ -292,6 +319,20 @@ impl Engine {
 
     /// Undoes what a start made: network, namespace, root mount. Safe to call twice.
     pub(crate) async fn release(&self, id: &str, detach: bool) {
+        let standalone = self.find(id).is_ok_and(|e| {
+            !matches!(
+                e.snapshot().spec.network.as_str(),
+                "" | "bridge" | "host" | "none"
+            )
+        });
+        if standalone
+            && self.cluster.has(id).await
+            && let Some(a) = self.attacher()
+        {
+            // Only a standalone container's attachment is the engine's to give back
+            // (tasks' addresses go with their tasks).
+            a.detach(id.to_string()).await;
+        }
         self.cluster.detach(id).await;
         if detach && let Err(e) = self.network.detach(id).await {
             tracing::warn!(container = id, "detaching network: {e}");

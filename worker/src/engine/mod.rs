@@ -117,6 +117,22 @@ pub struct Engine {
     /// Exit codes of containers removed in the last few minutes, so a `wait` that races
     /// with `--rm` still gets its answer: (id, name, exit code, removed at).
     pub(crate) removed: Mutex<Vec<(String, String, i32, std::time::Instant)>>,
+    /// Set while the node is in a cluster.
+    attacher: std::sync::RwLock<Option<Arc<dyn ClusterAttacher>>>,
+}
+
+/// How the engine asks the managers for a standalone container's place on an attachable
+/// cluster network (the node's agent answers, over its session).
+pub trait ClusterAttacher: Send + Sync {
+    /// Joins container `container_id` (named `name`) to `network`: its address there.
+    fn attach(
+        &self,
+        network: String,
+        container_id: String,
+        name: String,
+    ) -> futures::future::BoxFuture<'static, Result<shoal_api::types::AttachmentSpec, String>>;
+    /// The container left its cluster networks.
+    fn detach(&self, container_id: String) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// How long a removed container's exit code stays known to `wait`.
@@ -154,6 +170,7 @@ impl Engine {
             store,
             containers: Mutex::new(HashMap::new()),
             removed: Mutex::new(Vec::new()),
+            attacher: std::sync::RwLock::new(None),
         });
         engine.restore().await?;
         Ok(engine)
@@ -166,6 +183,18 @@ impl Engine {
         views: Vec<shoal_api::types::NetworkView>,
     ) {
         self.cluster.set_views(node_id, views).await;
+    }
+
+    /// Sets (or, with None, clears) how standalone containers join cluster networks.
+    pub fn set_attacher(&self, attacher: Option<Arc<dyn ClusterAttacher>>) {
+        *self.attacher.write().unwrap_or_else(|e| e.into_inner()) = attacher;
+    }
+
+    pub(crate) fn attacher(&self) -> Option<Arc<dyn ClusterAttacher>> {
+        self.attacher
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Removes every cluster network of this node (it leaves its cluster).
