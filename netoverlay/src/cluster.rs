@@ -32,6 +32,7 @@ struct Member {
     netns: PathBuf,
     networks: Vec<String>,
     overlays: Vec<String>,
+    bridges: Vec<String>,
     dns: Option<DnsServer>,
     lb: String,
 }
@@ -47,6 +48,7 @@ struct Inner {
 /// The cluster networks of this node.
 pub struct ClusterNetworks {
     overlays: Overlays,
+    bridges: crate::userbridge::UserBridges,
     views: Arc<RwLock<Views>>,
     inner: Mutex<Inner>,
     upstreams: Vec<SocketAddr>,
@@ -111,7 +113,32 @@ impl Resolver for ContainerResolver {
                 );
             }
         }
-        found.then_some(out)
+        if !found {
+            // A task by name: SERVICE.SLOT, or SERVICE.SLOT.TASKID (as `service ps`
+            // and the container names say).
+            let mut parts = name.splitn(3, '.');
+            let (Some(service), Some(slot)) = (parts.next(), parts.next()) else {
+                return None;
+            };
+            let slot: u64 = slot.parse().ok()?;
+            let task = parts.next();
+            for id in &self.networks {
+                let Some(v) = views.by_id.get(id) else {
+                    continue;
+                };
+                for s in v.services.iter().filter(|s| s.name == service) {
+                    out.extend(
+                        v.endpoints
+                            .iter()
+                            .filter(|e| e.service_id == s.id && e.slot == slot && e.running)
+                            .filter(|e| task.is_none_or(|t| e.task_id.starts_with(t)))
+                            .filter_map(|e| ip_of(&e.addr)),
+                    );
+                }
+            }
+            return (!out.is_empty()).then_some(out);
+        }
+        Some(out)
     }
 }
 
@@ -263,6 +290,7 @@ impl ClusterNetworks {
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         Ok(ClusterNetworks {
             overlays: Overlays::open(state_dir).await?,
+            bridges: crate::userbridge::UserBridges::open()?,
             views: Arc::default(),
             inner: Mutex::default(),
             upstreams: crate::dns::upstreams_from_resolv_conf(&host),
@@ -291,6 +319,7 @@ impl ClusterNetworks {
             netns: netns.to_path_buf(),
             networks: attachments.iter().map(|a| a.network.id.clone()).collect(),
             overlays: Vec::new(),
+            bridges: Vec::new(),
             dns: None,
             lb: String::new(),
         };
@@ -306,6 +335,9 @@ impl ClusterNetworks {
         if let Err(e) = result {
             for id in &member.overlays {
                 let _ = self.overlays.detach(id, container_id).await;
+            }
+            for id in &member.bridges {
+                let _ = self.bridges.detach(id, container_id).await;
             }
             return Err(e);
         }
@@ -375,10 +407,17 @@ impl ClusterNetworks {
                     .await?;
                 }
                 NetworkDriver::Bridge => {
-                    return Err(NetError::State(format!(
-                        "network {}: bridge networks are not available to services yet; use an overlay network (-d overlay)",
-                        a.network.spec.name
-                    )));
+                    self.bridges
+                        .attach(
+                            &a.network,
+                            container_id,
+                            &member.netns,
+                            &ifname,
+                            (ip, prefix),
+                            default_route && i == 0,
+                        )
+                        .await?;
+                    member.bridges.push(a.network.id.clone());
                 }
             }
         }
@@ -404,6 +443,11 @@ impl ClusterNetworks {
         for id in &member.overlays {
             if let Err(e) = self.overlays.detach(id, container_id).await {
                 tracing::warn!(container = container_id, "leaving overlay network: {e}");
+            }
+        }
+        for id in &member.bridges {
+            if let Err(e) = self.bridges.detach(id, container_id).await {
+                tracing::warn!(container = container_id, "leaving bridge network: {e}");
             }
         }
     }
@@ -558,14 +602,27 @@ impl ClusterNetworks {
         if let Err(e) = self.overlays.restore(&ids).await {
             tracing::warn!("restoring overlay networks: {e}");
         }
+        let bridged: Vec<(shoal_api::types::Network, String)> = live
+            .iter()
+            .flat_map(|(id, _, attachments)| {
+                attachments
+                    .iter()
+                    .filter(|a| a.network.spec.driver == NetworkDriver::Bridge)
+                    .map(|a| (a.network.clone(), id.clone()))
+            })
+            .collect();
+        self.bridges.restore(&bridged).await;
         let mut inner = self.inner.lock().await;
         for (id, netns, attachments) in live {
             let networks: Vec<String> = attachments.iter().map(|a| a.network.id.clone()).collect();
-            let overlays = attachments
-                .iter()
-                .filter(|a| a.network.spec.driver == NetworkDriver::Overlay)
-                .map(|a| a.network.id.clone())
-                .collect();
+            let of = |d: NetworkDriver| {
+                attachments
+                    .iter()
+                    .filter(|a| a.network.spec.driver == d)
+                    .map(|a| a.network.id.clone())
+                    .collect::<Vec<_>>()
+            };
+            let (overlays, bridges) = (of(NetworkDriver::Overlay), of(NetworkDriver::Bridge));
             let resolver = Arc::new(ContainerResolver {
                 views: self.views.clone(),
                 networks: networks.clone(),
@@ -583,6 +640,7 @@ impl ClusterNetworks {
                     netns: netns.clone(),
                     networks,
                     overlays,
+                    bridges,
                     dns,
                     lb: String::new(),
                 },
@@ -609,6 +667,7 @@ impl ClusterNetworks {
         if let Err(e) = self.overlays.remove_all().await {
             tracing::warn!("removing overlay networks: {e}");
         }
+        self.bridges.remove_all().await;
     }
 }
 
@@ -693,6 +752,10 @@ mod tests {
             Some(vec![Ipv4Addr::new(10, 0, 1, 3), Ipv4Addr::new(10, 0, 1, 5)])
         );
         assert_eq!(r.lookup("db"), None, "not ours: forwarded");
+        assert_eq!(r.lookup("web.3"), Some(vec![Ipv4Addr::new(10, 0, 1, 5)]));
+        assert_eq!(r.lookup("web.3.t2"), Some(vec![Ipv4Addr::new(10, 0, 1, 5)]));
+        assert_eq!(r.lookup("web.2"), None, "not running");
+        assert_eq!(r.lookup("web.3.zz"), None);
         let r = resolver(view(EndpointMode::Dnsrr, &[true, true]));
         assert_eq!(
             r.lookup("web"),

@@ -10,3 +10,4 @@ pub mod netns;
 pub mod nft;
 pub mod overlay;
 mod proxy;
+pub mod userbridge;

@@ -739,7 +739,7 @@ impl Overlays {
 
 /// Names the veth of `temp` (in the namespace of `h`) `ifname` and gives it the
 /// endpoint's MAC, MTU and address.
-async fn configure(
+pub(crate) async fn configure(
     h: &Handle,
     temp: &str,
     ifname: &str,

@@ -249,6 +249,62 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
     ]);
     assert_eq!(code, 0, "host 2 cannot reach the macvlan task: {out}{err}");
 
+    // A bridge network: on one node, its tasks reach each other by name.
+    lab.shoal_ok(1, &["network", "create", "-d", "bridge", "local"]);
+    service(
+        &lab,
+        &[
+            "--name",
+            "pair",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.hostname==h2",
+            "--network",
+            "local",
+        ],
+        HTTPD,
+    );
+    assert!(wait_for(Duration::from_secs(20), || lab
+        .task_containers(2, "pair")
+        .len()
+        == 2));
+    let one = lab.task_containers(2, "pair").pop().unwrap();
+    let reached = wait_for(Duration::from_secs(10), || {
+        let (code, out, _) = lab.shoal(
+            2,
+            &[
+                "container",
+                "exec",
+                &one,
+                "timeout",
+                "3",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://tasks.pair/etc/hostname",
+            ],
+        );
+        code == 0 && !out.trim().is_empty()
+    });
+    assert!(
+        reached,
+        "tasks on a bridge network did not reach each other"
+    );
+
+    // The daemon restarts under live containers: their names still resolve.
+    lab.ok(&["stop", "1"]);
+    lab.ok(&["start", "1"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || resolve(&lab, &c, "tasks.web")
+            .len()
+            == 1),
+        "after a daemon restart: {:?}",
+        resolve(&lab, &c, "tasks.web")
+    );
+    assert_eq!(answers(&lab, &c, "http://web/etc/hostname", 3).len(), 1);
+
     // Attachable: a standalone container on a worker joins, and reaches a service by
     // name; a network that is not attachable refuses it.
     lab.shoal_ok(1, &["network", "create", "--attachable", "shared"]);
@@ -338,16 +394,19 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
         err.contains("service web") && err.contains("service client"),
         "{err}"
     );
-    for s in ["web", "client", "rr", "pub", "iso", "mv"] {
+    for s in ["web", "client", "rr", "pub", "iso", "mv", "pair"] {
         lab.shoal_ok(1, &["service", "rm", s]);
     }
     assert!(
         wait_for(Duration::from_secs(30), || {
-            lab.shoal(1, &["network", "rm", "front", "back", "lan"]).0 == 0
+            lab.shoal(1, &["network", "rm", "front", "back", "lan", "local"])
+                .0
+                == 0
                 || lab.shoal(1, &["network", "ls", "-q"]).1.trim() == "ingress"
         }),
         "{}",
-        lab.shoal(1, &["network", "rm", "front", "back", "lan"]).2
+        lab.shoal(1, &["network", "rm", "front", "back", "lan", "local"])
+            .2
     );
     assert!(wait_for(Duration::from_secs(30), || lab.containers() == 0));
     for i in 1..=3 {
