@@ -43,6 +43,61 @@ struct Inner {
     /// The ingress table's last script, and whether the host endpoint is attached.
     ingress_rules: String,
     ingress_attached: Option<String>,
+    /// Loopback listeners of ingress ports (the kernel will not route 127.0.0.0/8 to the
+    /// ingress network): TCP port → its backends and relay.
+    loopback: BTreeMap<u16, Loopback>,
+}
+
+/// A relay from 127.0.0.1:PORT to the running tasks of a port published in ingress mode.
+struct Loopback {
+    backends: Arc<RwLock<Vec<SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Relays each connection to the next backend (round robin).
+async fn relay_loopback(listener: tokio::net::TcpListener, backends: Arc<RwLock<Vec<SocketAddr>>>) {
+    let mut next = 0usize;
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            continue;
+        };
+        let target = {
+            let b = backends.read().unwrap_or_else(|e| e.into_inner());
+            if b.is_empty() {
+                continue;
+            }
+            next = next.wrapping_add(1);
+            b[next % b.len()]
+        };
+        tokio::spawn(async move {
+            if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+    }
+}
+
+/// The TCP ports published in ingress mode in `view`, with their running backends.
+fn ingress_tcp_backends(view: &NetworkView) -> BTreeMap<u16, Vec<SocketAddr>> {
+    let mut out: BTreeMap<u16, Vec<SocketAddr>> = BTreeMap::new();
+    for s in &view.services {
+        for p in s.ports.iter().filter(|p| p.protocol == PortProtocol::Tcp) {
+            let backends = view
+                .endpoints
+                .iter()
+                .filter(|e| e.service_id == s.id && e.running)
+                .filter_map(|e| ip_of(&e.addr))
+                .map(|ip| SocketAddr::new(ip.into(), p.target));
+            out.entry(p.published).or_default().extend(backends);
+        }
+    }
+    out
 }
 
 /// The cluster networks of this node.
@@ -567,6 +622,28 @@ impl ClusterNetworks {
                 inner.ingress_attached = Some(v.network.id.clone());
                 self.program_peers(&v.network.id).await;
             }
+            let wanted = ingress_tcp_backends(v);
+            inner.loopback.retain(|port, _| wanted.contains_key(port));
+            for (port, backends) in wanted {
+                if let Some(l) = inner.loopback.get(&port) {
+                    *l.backends.write().unwrap_or_else(|e| e.into_inner()) = backends;
+                    continue;
+                }
+                match std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                }) {
+                    Ok(listener) => {
+                        let backends = Arc::new(RwLock::new(backends));
+                        let task = tokio::spawn(relay_loopback(listener, backends.clone()));
+                        inner.loopback.insert(port, Loopback { backends, task });
+                    }
+                    Err(e) => tracing::warn!(
+                        port,
+                        "the routing mesh cannot answer on 127.0.0.1:{port}: {e}"
+                    ),
+                }
+            }
             if script != inner.ingress_rules {
                 let s = script.clone();
                 match tokio::task::spawn_blocking(move || nft_in(None, s)).await {
@@ -577,6 +654,7 @@ impl ClusterNetworks {
             }
             return;
         }
+        inner.loopback.clear();
         if !inner.ingress_rules.is_empty() {
             let _ = tokio::task::spawn_blocking(|| {
                 nft_in(

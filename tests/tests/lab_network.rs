@@ -173,6 +173,56 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
         );
     }
 
+    // ... on loopback too (a relay: the kernel does not route 127/8 to other interfaces).
+    let (code, out, err) = lab.run(&[
+        "exec",
+        "2",
+        "busybox",
+        "timeout",
+        "3",
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:8080/etc/hostname",
+    ]);
+    assert_eq!(code, 0, "loopback ingress port: {out}{err}");
+
+    // Host mode: only the task's node answers, and the task sees the client's address.
+    service(
+        &lab,
+        &[
+            "--name",
+            "hm",
+            "--constraint",
+            "node.hostname==h1",
+            "--publish",
+            "published=8081,target=80,mode=host",
+        ],
+        &["busybox:test", "httpd", "-f", "-vv", "-p", "80", "-h", "/"],
+    );
+    let url = format!("http://{}:8081/etc/hostname", lab.ip(1));
+    assert!(wait_for(Duration::from_secs(10), || {
+        lab.run(&[
+            "exec", "2", "busybox", "timeout", "3", "busybox", "wget", "-q", "-O", "-", &url,
+        ])
+        .0 == 0
+    }));
+    let hm = lab.task_containers(1, "hm").pop().unwrap();
+    // httpd -vv logs each request's client on stderr.
+    let (_, out, err) = lab.shoal(1, &["container", "logs", &hm]);
+    let logs = format!("{out}{err}");
+    assert!(
+        logs.contains(&lab.ip(2)),
+        "the client's address is kept: {logs}"
+    );
+    let url = format!("http://{}:8081/etc/hostname", lab.ip(2));
+    let (code, _, _) = lab.run(&[
+        "exec", "3", "busybox", "timeout", "3", "busybox", "wget", "-q", "-O", "-", &url,
+    ]);
+    assert_ne!(code, 0, "host mode: another node does not answer");
+
     // An internal network: no route out.
     lab.shoal_ok(1, &["network", "create", "--internal", "back"]);
     service(
@@ -394,7 +444,7 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
         err.contains("service web") && err.contains("service client"),
         "{err}"
     );
-    for s in ["web", "client", "rr", "pub", "iso", "mv", "pair"] {
+    for s in ["web", "client", "rr", "pub", "iso", "mv", "pair", "hm"] {
         lab.shoal_ok(1, &["service", "rm", s]);
     }
     assert!(
