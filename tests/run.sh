@@ -20,4 +20,9 @@ cargo test --workspace --no-fail-fast -- --test-threads="${SHOAL_TEST_THREADS:-4
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s; exit (f > 0) }' "$log" || status=1
 grep -h 'SKIPPED' "$log" | sort | uniq -c || true
+# The failures again, last, where a truncated CI log still shows them.
+if [ "$status" -ne 0 ]; then
+    echo "--- failures (first lines of each):"
+    grep -h -A12 'panicked at' "$log" | grep -v '^ *[0-9]*: \|^ *at ' | head -150 || true
+fi
 exit "$status"
