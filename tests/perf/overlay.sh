@@ -14,7 +14,7 @@
 #     so this one has no peer: absolute figures (aim: within 1 s).
 # The underlay is a veth pair and a bridge inside one machine: throughput is bound by the
 # CPU (iperf3 and the kernel on both ends share its cores), not by a wire.
-# Needs root, iperf3, nft, nsenter, python3. Uses SHOAL_BIN (default: the debug build).
+# Needs root, iperf3, nft, nsenter, python3, curl. Uses SHOAL_BIN (default: the debug build).
 # Usage: tests/perf/overlay.sh [ROUNDS] [QUERIES] [TRIALS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,7 +41,6 @@ $lab down >/dev/null 2>&1 || true
 s() { local h=$1; shift; $lab exec "$h" "$SHOAL_BIN" "$@"; }
 sock() { echo "/tmp/shoal-lab-$SHOAL_LAB/h$1/run/shoal.sock"; }
 in_ns() { local pid=$1; shift; nsenter --net="/proc/$pid/ns/net" -- "$@"; }
-now() { date +%s%N; }
 wait_for() { # SECONDS COMMAND...: until COMMAND succeeds, or fail
     local deadline=$(( $(date +%s) + $1 )); shift
     until "$@"; do
@@ -91,7 +90,7 @@ stats() { # NAME UNIT VALUES...: median and p95
     local name=$1 unit=$2; shift 2
     printf '%s\n' "$@" | sort -g | awk -v name="$name" -v unit="$unit" '{ v[NR] = $1 } END {
         p50 = v[int((NR + 1) / 2)]; p95 = v[int(NR * 0.95 + 0.999)]; if (p95 == "") p95 = v[NR]
-        printf "  %-40s n=%-3d median %8.1f %s  p95 %8.1f %s  min %.1f  max %.1f\n", name, NR, p50, unit, p95, unit, v[1], v[NR] }'
+        printf "  %-50s n=%-3d median %7.1f %-6s p95 %7.1f %-6s min %.1f  max %.1f\n", name, NR, p50, unit, p95, unit, v[1], v[NR] }'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
@@ -219,7 +218,7 @@ def follow(shoal, socket_path, service, want, timeout):
     c0 = time.monotonic_ns()
     subprocess.run([shoal, "-H", socket_path, "service", "scale", f"{service}={want}", "-d"],
                    check=True, capture_output=True)
-    t0 = time.monotonic_ns()
+    t0, wall0 = time.monotonic_ns(), time.time_ns()
     dns_ms = nft_ms = None
     while True:
         t = (time.monotonic_ns() - t0) / 1e6
@@ -235,7 +234,8 @@ def follow(shoal, socket_path, service, want, timeout):
             sys.exit(f"dns.py: {service} did not follow to {want} in {timeout} s "
                      f"(dns {'ok' if dns_ok else 'not'}, nft {count_backends(vip)} backends)")
         time.sleep(0.005)
-    print(json.dumps({"both": t, "dns": dns_ms, "nft": nft_ms, "cli": (t0 - c0) / 1e6}))
+    print(json.dumps({"both": t, "dns": dns_ms, "nft": nft_ms, "cli": (t0 - c0) / 1e6,
+                      "wall0": wall0 / 1e6}))
 
 if __name__ == "__main__":
     cmd = sys.argv[1]
@@ -246,7 +246,8 @@ if __name__ == "__main__":
     elif cmd == "follow":
         follow(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
 PY
-in_ns "$pid_c" "$py" "$work/dns.py" serve 127.0.0.12 &
+# Straight from nsenter (which execs python), so that $! is the responder itself.
+nsenter --net="/proc/$pid_c/ns/net" -- "$py" "$work/dns.py" serve 127.0.0.12 >/dev/null 2>&1 &
 responder=$!
 peer_up() { in_ns "$pid_c" ss -Hlun 'sport = :53' | grep -q 127.0.0.12; }
 wait_for 10 peer_up
@@ -270,7 +271,15 @@ web_up() { # N: N web containers up, none other still stopping
     for h in 1 2; do n=$((n + $(s "$h" container ls | grep -c ' web\.' || true))); done
     [ "$n" -eq "$1" ]
 }
-down_ms=() up_ms=() down_dns=() up_dns=() down_nft=() up_nft=()
+down_ms=() up_ms=() down_dns=() up_dns=() down_nft=() up_nft=() up_run=() up_lag=()
+# last_running WALL0_MS: ms from WALL0_MS to the last of web's tasks reported running.
+last_running() {
+    s 1 service ps web --format json | "$py" -c '
+import json, sys
+ts = [t["status"]["timestamp_ms"] for t in json.load(sys.stdin)
+      if t["desired_state"] == "running" and t["status"]["state"] == "running"]
+print("%.1f" % (max(ts) - float(sys.argv[1])))' "$1"
+}
 field() { "$py" -c 'import json, sys; print("%.1f" % json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 for t in $(seq "$trials"); do
     wait_for 30 web_up 3
@@ -279,6 +288,8 @@ for t in $(seq "$trials"); do
     wait_for 30 web_up 1
     r=$(in_ns "$pid_c" "$py" "$work/dns.py" follow "$SHOAL_BIN" "$(sock 1)" web 3 30)
     up_ms+=("$(field "$r" both)") up_dns+=("$(field "$r" dns)") up_nft+=("$(field "$r" nft)")
+    up_run+=("$(last_running "$(field "$r" wall0)")")
+    up_lag+=("$(awk -v a="${up_ms[-1]}" -v b="${up_run[-1]}" 'BEGIN { printf "%.1f", a - b }')")
     echo "   trial $t: 3→1 ${down_ms[-1]} ms, 1→3 ${up_ms[-1]} ms"
 done
 # The VIP still answers once all is settled: every request through it gets the file.
@@ -292,20 +303,22 @@ done
 echo
 echo "== overlay networking, lab perfnet (2 hosts), $(basename "$SHOAL_BIN") at $SHOAL_BIN =="
 echo "1. TCP throughput, one iperf3 stream, task containers on h$host_a and h$host_b:"
-stats "overlay (VXLAN, MTU $mtu_overlay), container→container" "Gbit/s" "${overlay[@]}"
-stats "underlay (veth+bridge, MTU $mtu_underlay), host→host" "Gbit/s" "${underlay[@]}"
+stats "overlay (VXLAN, MTU $mtu_overlay), container to container" "Gbit/s" "${overlay[@]}"
+stats "underlay (veth+bridge, MTU $mtu_underlay), host to host" "Gbit/s" "${underlay[@]}"
 echo "  ratio overlay/underlay (medians): $tput_ratio   (aim: >= 0.9)"
 echo "2. DNS lookup of a service name (A record), from the client container, $queries each:"
-stats "shoal's server at 127.0.0.11" "µs" "${dns_ours[@]}"
-stats "peer: canned-answer python UDP server" "µs" "${dns_peer[@]}"
+stats "shoal's server at 127.0.0.11" "us" "${dns_ours[@]}"
+stats "peer: canned-answer python UDP server" "us" "${dns_peer[@]}"
 echo "  ratio shoal/peer (medians): $dns_ratio"
 echo "3. VIP following a scale of web (httpd), seen from the client on h2, $trials trials:"
-stats "3→1: DNS and nft both at 1" "ms" "${down_ms[@]}"
+stats "3 -> 1: DNS and nft both at 1" "ms" "${down_ms[@]}"
 stats "    DNS tasks.web at 1" "ms" "${down_dns[@]}"
 stats "    shoal_lb at 1 backend" "ms" "${down_nft[@]}"
-stats "1→3: DNS and nft both at 3" "ms" "${up_ms[@]}"
+stats "1 -> 3: DNS and nft both at 3" "ms" "${up_ms[@]}"
 stats "    DNS tasks.web at 3" "ms" "${up_dns[@]}"
 stats "    shoal_lb at 3 backends" "ms" "${up_nft[@]}"
+stats "    of which: last new task running" "ms" "${up_run[@]}"
+stats "    then: both at 3 after it" "ms" "${up_lag[@]}"
 echo "  no peer: Swarm cannot run here; aim: within 1 s"
 echo "  requests through web's VIP $web_vip after the trials: $ok/20 answered 200"
 [ "$ok" -eq 20 ] || { echo "overlay.sh: the VIP did not answer every request" >&2; exit 1; }
