@@ -581,6 +581,9 @@ impl Overlays {
                     .port(VXLAN_PORT)
                     .learning(false)
                     .proxy(true)
+                    // No outer UDP checksum (the inner packet has its own; IPv4 allows
+                    // it): measurably faster in software.
+                    .udp_csum(false)
                     .local(cfg.underlay_ip)
                     .mtu(mtu)
                     .build(),

@@ -14,7 +14,7 @@
 #     so this one has no peer: absolute figures (aim: within 1 s).
 # The underlay is a veth pair and a bridge inside one machine: throughput is bound by the
 # CPU (iperf3 and the kernel on both ends share its cores), not by a wire.
-# Needs root, iperf3, nft, nsenter, python3, curl. Uses SHOAL_BIN (default: the debug build).
+# Needs root, iperf3, nft, nsenter, python3, curl. Uses SHOAL_BIN (default: the release build, built first).
 # Usage: tests/perf/overlay.sh [ROUNDS] [QUERIES] [TRIALS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,8 +24,12 @@ trials=${3:-5}
 for tool in iperf3 nft nsenter python3 curl; do
     command -v "$tool" >/dev/null || { echo "overlay.sh: $tool is not installed" >&2; exit 1; }
 done
-export SHOAL_BIN=${SHOAL_BIN:-$PWD/target/debug/shoal} SHOAL_LAB=perfnet SHOAL_LAB_NET=10.74.0
-[ -x "$SHOAL_BIN" ] || { echo "overlay.sh: no $SHOAL_BIN (cargo build -p shoal-cli --bin shoal)" >&2; exit 1; }
+if [ -z "${SHOAL_BIN:-}" ]; then
+    cargo build --release -q -p shoal-cli --bin shoal
+    SHOAL_BIN=$PWD/target/release/shoal
+fi
+export SHOAL_BIN SHOAL_LAB=perfnet SHOAL_LAB_NET=10.74.0
+[ -x "$SHOAL_BIN" ] || { echo "overlay.sh: no $SHOAL_BIN (cargo build --release -p shoal-cli --bin shoal)" >&2; exit 1; }
 lab=deploy/lab/shoal-lab
 py=$(command -v python3)
 work=$(mktemp -d /tmp/shoal-overlay-XXXXXX)
