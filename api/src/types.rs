@@ -549,6 +549,10 @@ pub struct TaskStatus {
     pub exit_code: Option<i32>,
     /// The engine's container id.
     pub container_id: String,
+    /// "healthy" once the task's health check has passed (tasks with a health check get
+    /// traffic from then on); empty before, and for tasks without one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health: String,
 }
 
 /// One run of a service in a slot (replicated) or on a node (global).

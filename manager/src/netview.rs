@@ -76,8 +76,10 @@ fn view(
                     .unwrap_or_default()
                     .to_string(),
                 addr: a.addr.clone(),
+                // Running, and healthy when it has a health check.
                 running: t.status.state == TaskState::Running
-                    && t.desired_state == TaskState::Running,
+                    && t.desired_state == TaskState::Running
+                    && (t.spec.healthcheck.is_none() || t.status.health == "healthy"),
             });
         }
     }
@@ -202,6 +204,7 @@ mod tests {
                 message: String::new(),
                 exit_code: None,
                 container_id: String::new(),
+                health: String::new(),
             },
         }
     }
@@ -246,7 +249,31 @@ mod tests {
         );
         assert_eq!(v[0].endpoints[1].node_addr, "192.168.0.1");
         assert_eq!(v[0].services[0].vip, "10.0.1.2/24");
-        assert!(node_views("z", &nets, &[web], &tasks, &nodes).is_empty());
+        assert!(node_views("z", &nets, std::slice::from_ref(&web), &tasks, &nodes).is_empty());
+
+        // With a health check, a running task counts once it is healthy.
+        let mut checked = task("t6", "a", TaskState::Running, &[("front", "10.0.1.8/24")]);
+        checked.spec.healthcheck = Some(shoal_api::types::HealthCheck {
+            command: "true".into(),
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            retries: 3,
+            start_period_ms: 0,
+        });
+        let running = |t: &Task| {
+            node_views(
+                "a",
+                &nets,
+                std::slice::from_ref(&web),
+                std::slice::from_ref(t),
+                &nodes,
+            )[0]
+            .endpoints[0]
+                .running
+        };
+        assert!(!running(&checked), "not healthy yet");
+        checked.status.health = "healthy".into();
+        assert!(running(&checked));
     }
 
     #[test]

@@ -1041,7 +1041,21 @@ fn status_command(m: &Manager, u: &pd::StatusUpdate) -> Result<Option<Command>, 
     let state: TaskState = serde_json::from_value(serde_json::Value::String(u.state.clone()))
         .map_err(|_| Status::invalid_argument(format!("unknown task state {}", u.state)))?;
     if !t.status.state.can_move_to(state) {
-        return Ok(None); // states only move forward; a late report changes nothing
+        // States only move forward; a late report changes nothing, but a running task's
+        // health check passing is news.
+        if state != t.status.state || u.health.is_empty() || u.health == t.status.health {
+            return Ok(None);
+        }
+        t.status.health = u.health.clone();
+        return Ok(Some(Command::Put {
+            kind: kinds::TASK.into(),
+            id: t.id.clone(),
+            value: serde_json::to_value(&t).unwrap_or_default(),
+            expected_version: Some(v.version),
+        }));
+    }
+    if !u.health.is_empty() {
+        t.status.health = u.health.clone();
     }
     t.status.state = state;
     t.status.message = u.message.clone();

@@ -342,6 +342,7 @@ fn run_assignments(
             exit_code: 0,
             exited: false,
             container_id: format!("fake-{}", t.id),
+            health: String::new(),
         };
         if t.desired_state >= TaskState::Shutdown {
             if mine.remove(&t.id).is_some() || !t.status.state.is_terminal() {

@@ -136,6 +136,37 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
     }));
     assert_eq!(resolve(&lab, &c, "rr"), resolve(&lab, &c, "tasks.rr"));
 
+    // A task with a health check gets traffic once it is healthy, not before.
+    service(
+        &lab,
+        &[
+            "--name",
+            "hc",
+            "--constraint",
+            "node.hostname==h1",
+            "--network",
+            "front",
+            "--health-cmd",
+            "test -f /tmp/ready",
+            "--health-interval",
+            "200ms",
+            "--health-start-period",
+            "60s",
+        ],
+        &["busybox:test", "sleep", "100000"],
+    );
+    let hc = lab.task_containers(1, "hc").pop().expect("hc runs on h1");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(resolve(&lab, &c, "tasks.hc").is_empty(), "not healthy yet");
+    exec(&lab, 1, &hc, &["touch", "/tmp/ready"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || resolve(&lab, &c, "tasks.hc")
+            .len()
+            == 1),
+        "healthy now, but not in DNS"
+    );
+    lab.shoal_ok(1, &["service", "rm", "hc"]);
+
     // Scaled down: DNS and the VIP follow at once (measured in tests/perf/overlay.sh).
     lab.shoal_ok(1, &["service", "scale", "-d", "web=1"]);
     let scaled = Instant::now();

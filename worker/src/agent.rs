@@ -587,6 +587,7 @@ impl Agent {
         {
             let started = tokio::time::Instant::now();
             let mut failures = 0u32;
+            let mut told_healthy = false;
             loop {
                 tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
                 let running = agent
@@ -621,6 +622,13 @@ impl Agent {
                 };
                 if healthy {
                     failures = 0;
+                    if !told_healthy {
+                        // From now on the task gets traffic (VIPs, DNS, the mesh).
+                        told_healthy = true;
+                        let mut u = update(task_id, TaskState::Running, "healthy");
+                        u.health = "healthy".into();
+                        agent.report(vec![u]);
+                    }
                     continue;
                 }
                 if started.elapsed() < Duration::from_millis(h.start_period_ms) {

@@ -77,6 +77,7 @@ pub fn new_task(service: &Service, id: String, slot: u64, node_id: &str, now_ms:
             message: "created".into(),
             exit_code: None,
             container_id: String::new(),
+            health: String::new(),
         },
     }
 }

@@ -352,6 +352,7 @@ pub(super) async fn attach_container(
             message: format!("attachment of container {container_name}"),
             exit_code: None,
             container_id: container_id.to_string(),
+            health: String::new(),
         },
     };
     m.store
