@@ -790,3 +790,73 @@ async fn networks_get_subnets_and_tasks_addresses_that_come_free() {
     );
     c.stop_worker("w1");
 }
+
+/// The allocator keeps nothing of its own: a new leader hands out what the old one had not,
+/// and nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_allocates_without_duplicates() {
+    let mut c = Cluster::start(3).await;
+    for w in ["w1", "w2"] {
+        c.start_worker(w);
+    }
+    let first = c.leader().await;
+    create_network(&c, serde_json::json!({"name": "a", "driver": "overlay"}))
+        .await
+        .unwrap();
+    let spec = ServiceSpec {
+        name: "web".into(),
+        image: "busybox".into(),
+        replicas: 4,
+        networks: vec!["a".into()],
+        ..Default::default()
+    };
+    let web = c
+        .control()
+        .await
+        .create_service(Request::new(pc::CreateServiceRequest {
+            spec_json: serde_json::to_string(&spec).unwrap(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .object
+        .unwrap()
+        .id;
+    c.converged(&web, &["w1", "w2"], 4).await;
+
+    c.kill(first).await;
+    let second = c.leader().await;
+    assert_ne!(first, second);
+    create_network(&c, serde_json::json!({"name": "b", "driver": "overlay"}))
+        .await
+        .unwrap();
+    scale(&c, &web, 8).await;
+    c.converged(&web, &["w1", "w2"], 8).await;
+
+    let nets: Vec<shoal_api::types::Network> = c
+        .control()
+        .await
+        .list_networks(Request::new(pc::ListRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .objects
+        .iter()
+        .map(|o| serde_json::from_str(&o.json).unwrap())
+        .collect();
+    let subnets: BTreeSet<&str> = nets.iter().map(|n| n.subnet.as_str()).collect();
+    let vnis: BTreeSet<u32> = nets.iter().map(|n| n.vni).collect();
+    assert_eq!((subnets.len(), vnis.len()), (2, 2), "{nets:?}");
+    let live: Vec<String> = c
+        .tasks(&web)
+        .await
+        .iter()
+        .filter(|t| !t.status.state.is_terminal())
+        .flat_map(|t| t.networks.iter().map(|a| a.addr.clone()))
+        .collect();
+    let unique: BTreeSet<&String> = live.iter().collect();
+    assert_eq!(live.len(), 8);
+    assert_eq!(unique.len(), 8, "an address handed out twice: {live:?}");
+    c.stop_worker("w1");
+    c.stop_worker("w2");
+}
