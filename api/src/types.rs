@@ -352,6 +352,9 @@ pub struct NetEndpoint {
     pub addr: String,
     /// Running (and healthy): it gets traffic and is named in DNS.
     pub running: bool,
+    /// A standalone container's name (its endpoint has no service); empty for tasks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// A service as the nodes of one of its networks see it.

@@ -80,6 +80,11 @@ fn view(
                 running: t.status.state == TaskState::Running
                     && t.desired_state == TaskState::Running
                     && (t.spec.healthcheck.is_none() || t.status.health == "healthy"),
+                name: if t.service_id.is_empty() {
+                    t.spec.name.clone()
+                } else {
+                    String::new()
+                },
             });
         }
     }
@@ -93,6 +98,7 @@ fn view(
                 node_addr: n.data_addr.clone(),
                 addr: n.ingress_addr.clone(),
                 running: n.ready,
+                name: String::new(),
             });
         }
     }

@@ -168,6 +168,26 @@ impl Resolver for ContainerResolver {
                 );
             }
         }
+        if !found && !tasks_only {
+            // A standalone container on the network, by its name.
+            for id in &self.networks {
+                if let Some(v) = views.by_id.get(id) {
+                    out.extend(
+                        v.endpoints
+                            .iter()
+                            .filter(|e| {
+                                e.service_id.is_empty()
+                                    && e.running
+                                    && e.name.eq_ignore_ascii_case(name)
+                            })
+                            .filter_map(|e| ip_of(&e.addr)),
+                    );
+                }
+            }
+            if !out.is_empty() {
+                return Some(out);
+            }
+        }
         if !found {
             // A task by name: SERVICE.SLOT, or SERVICE.SLOT.TASKID (as `service ps`
             // and the container names say).
@@ -791,6 +811,7 @@ mod tests {
                     node_addr: "192.168.0.1".into(),
                     addr: format!("10.0.1.{}/24", i + 3),
                     running: *r,
+                    name: String::new(),
                 })
                 .collect(),
             services: vec![NetService {
@@ -834,6 +855,21 @@ mod tests {
         assert_eq!(r.lookup("web.3.t2"), Some(vec![Ipv4Addr::new(10, 0, 1, 5)]));
         assert_eq!(r.lookup("web.2"), None, "not running");
         assert_eq!(r.lookup("web.3.zz"), None);
+        // A standalone container, by its name.
+        let mut v = view(EndpointMode::Vip, &[true]);
+        v.endpoints.push(NetEndpoint {
+            task_id: "att".into(),
+            service_id: String::new(),
+            slot: 0,
+            node_id: "b".into(),
+            node_addr: "192.168.0.2".into(),
+            addr: "10.0.1.9/24".into(),
+            running: true,
+            name: "Sidecar".into(),
+        });
+        let r = resolver(v);
+        assert_eq!(r.lookup("sidecar"), Some(vec![Ipv4Addr::new(10, 0, 1, 9)]));
+        assert_eq!(r.lookup("tasks.sidecar"), None);
         let r = resolver(view(EndpointMode::Dnsrr, &[true, true]));
         assert_eq!(
             r.lookup("web"),

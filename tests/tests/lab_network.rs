@@ -454,6 +454,16 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
         reached,
         "the standalone container did not reach service echo"
     );
+    // ... and the service's tasks find it by its name.
+    let echo = lab
+        .task_containers(2, "echo")
+        .pop()
+        .expect("echo runs on h2");
+    let (_, out, _) = lab.shoal(
+        2,
+        &["container", "exec", &echo, "nslookup", "sa", "127.0.0.11"],
+    );
+    assert!(out.contains("Name:") && out.contains("10.0."), "{out}");
     let (code, _, err) = lab.shoal(1, &["network", "rm", "shared"]);
     assert_ne!(code, 0);
     assert!(err.contains("container sa"), "{err}");
