@@ -48,9 +48,8 @@ struct Inner {
     loopback: BTreeMap<u16, Loopback>,
 }
 
-/// A relay from 127.0.0.1:PORT to the running tasks of a port published in ingress mode.
+/// A relay from 127.0.0.1:PORT to the routing mesh.
 struct Loopback {
-    backends: Arc<RwLock<Vec<SocketAddr>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,20 +59,11 @@ impl Drop for Loopback {
     }
 }
 
-/// Relays each connection to the next backend (round robin).
-async fn relay_loopback(listener: tokio::net::TcpListener, backends: Arc<RwLock<Vec<SocketAddr>>>) {
-    let mut next = 0usize;
+/// Relays each connection to `target`.
+async fn relay_loopback(listener: tokio::net::TcpListener, target: SocketAddr) {
     loop {
         let Ok((mut client, _)) = listener.accept().await else {
             continue;
-        };
-        let target = {
-            let b = backends.read().unwrap_or_else(|e| e.into_inner());
-            if b.is_empty() {
-                continue;
-            }
-            next = next.wrapping_add(1);
-            b[next % b.len()]
         };
         tokio::spawn(async move {
             if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
@@ -83,25 +73,10 @@ async fn relay_loopback(listener: tokio::net::TcpListener, backends: Arc<RwLock<
     }
 }
 
-/// The TCP ports published in ingress mode in `view`, with their running backends.
-fn ingress_tcp_backends(view: &NetworkView) -> BTreeMap<u16, Vec<SocketAddr>> {
-    let mut out: BTreeMap<u16, Vec<SocketAddr>> = BTreeMap::new();
-    for s in &view.services {
-        for p in s.ports.iter().filter(|p| p.protocol == PortProtocol::Tcp) {
-            let backends = view
-                .endpoints
-                .iter()
-                .filter(|e| e.service_id == s.id && e.running)
-                .filter_map(|e| ip_of(&e.addr))
-                .map(|ip| SocketAddr::new(ip.into(), p.target));
-            out.entry(p.published).or_default().extend(backends);
-        }
-    }
-    out
-}
-
 /// The cluster networks of this node.
 pub struct ClusterNetworks {
+    state_dir: PathBuf,
+    handle: rtnetlink::Handle,
     overlays: Overlays,
     bridges: crate::userbridge::UserBridges,
     views: Arc<RwLock<Views>>,
@@ -262,12 +237,16 @@ pub fn lb_script(views: &BTreeMap<String, NetworkView>, networks: &[String]) -> 
     )
 }
 
-/// The nft script of the routing mesh on the host: each port published in ingress mode
-/// goes, from outside and from the host itself, to a running task anywhere, through this
-/// node's ingress endpoint (masqueraded, so the answer comes back here). Empty: no table.
-pub fn ingress_script(view: &NetworkView) -> String {
-    let mut chains = String::new();
-    let mut rules = String::new();
+/// The host's end of the link to the routing mesh's namespace.
+pub const MESH_HOST: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
+/// The mesh namespace's end (published ports are sent there).
+pub const MESH_LB: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
+const MESH_PREFIX: u8 = 30;
+
+/// The ports published in ingress mode in `view` that some running task serves, with
+/// those tasks' addresses.
+fn mesh_ports(view: &NetworkView) -> Vec<(shoal_api::types::PortConfig, Vec<Ipv4Addr>)> {
+    let mut out = Vec::new();
     for s in &view.services {
         let backends: Vec<Ipv4Addr> = view
             .endpoints
@@ -275,34 +254,35 @@ pub fn ingress_script(view: &NetworkView) -> String {
             .filter(|e| e.service_id == s.id && e.running)
             .filter_map(|e| ip_of(&e.addr))
             .collect();
-        for p in &s.ports {
-            if backends.is_empty() {
-                continue;
-            }
-            let proto = match p.protocol {
-                PortProtocol::Tcp => "tcp",
-                PortProtocol::Udp => "udp",
-            };
-            let mut map = Vec::new();
-            for (k, b) in backends.iter().enumerate() {
-                let chain = format!("p{proto}{}b{k}", p.published);
-                chains.push_str(&format!(
-                    "  chain {chain} {{ {proto} dport {} dnat to {b}:{}; }}\n",
-                    p.published, p.target
-                ));
-                map.push(format!("{k} : jump {chain}"));
-            }
-            let pick = format!(
-                "numgen random mod {} vmap {{ {} }}",
-                backends.len(),
-                map.join(", ")
-            );
-            rules.push_str(&format!(
-                "add rule ip {INGRESS_TABLE} prerouting fib daddr type local {proto} dport {} {pick}\n\
-                 add rule ip {INGRESS_TABLE} output ip daddr != 127.0.0.0/8 fib daddr type local {proto} dport {} {pick}\n",
-                p.published, p.published
-            ));
+        if backends.is_empty() {
+            continue;
         }
+        for p in &s.ports {
+            out.push((*p, backends.clone()));
+        }
+    }
+    out
+}
+
+fn proto_name(p: PortProtocol) -> &'static str {
+    match p {
+        PortProtocol::Tcp => "tcp",
+        PortProtocol::Udp => "udp",
+    }
+}
+
+/// The routing mesh's nft script on the host: each port published in ingress mode goes,
+/// from outside and from the host itself, to the mesh's namespace (which picks a task).
+/// Empty: no table.
+pub fn mesh_host_script(view: &NetworkView) -> String {
+    let mut rules = String::new();
+    for (p, _) in mesh_ports(view) {
+        let proto = proto_name(p.protocol);
+        let port = p.published;
+        rules.push_str(&format!(
+            "add rule ip {INGRESS_TABLE} prerouting fib daddr type local {proto} dport {port} dnat to {MESH_LB}\n\
+             add rule ip {INGRESS_TABLE} output ip daddr != 127.0.0.0/8 fib daddr type local {proto} dport {port} dnat to {MESH_LB}\n"
+        ));
     }
     if rules.is_empty() {
         return String::new();
@@ -311,8 +291,42 @@ pub fn ingress_script(view: &NetworkView) -> String {
         "add table ip {INGRESS_TABLE}\ndelete table ip {INGRESS_TABLE}\ntable ip {INGRESS_TABLE} {{\n  \
          chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n  \
          chain output {{ type nat hook output priority -100; policy accept; }}\n  \
-         chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; oifname \"{INGRESS_IF}\" masquerade; }}\n  \
          chain forward {{ type filter hook forward priority filter; policy accept; iifname \"{INGRESS_IF}\" accept; oifname \"{INGRESS_IF}\" accept; }}\n\
+         }}\n{rules}"
+    )
+}
+
+/// The routing mesh's nft script in its namespace: what comes from the host on a
+/// published port goes to a running task anywhere over the ingress network, with this
+/// node's ingress address as its source (so the answer comes back here).
+pub fn mesh_lb_script(view: &NetworkView) -> String {
+    let mut chains = String::new();
+    let mut rules = String::new();
+    for (p, backends) in mesh_ports(view) {
+        let proto = proto_name(p.protocol);
+        let mut map = Vec::new();
+        for (k, b) in backends.iter().enumerate() {
+            let chain = format!("p{proto}{}b{k}", p.published);
+            chains.push_str(&format!(
+                "  chain {chain} {{ {proto} dport {} dnat to {b}:{}; }}\n",
+                p.published, p.target
+            ));
+            map.push(format!("{k} : jump {chain}"));
+        }
+        rules.push_str(&format!(
+            "add rule ip {INGRESS_TABLE} prerouting iifname \"eth0\" {proto} dport {} numgen random mod {} vmap {{ {} }}\n",
+            p.published,
+            backends.len(),
+            map.join(", ")
+        ));
+    }
+    if rules.is_empty() {
+        return String::new();
+    }
+    format!(
+        "add table ip {INGRESS_TABLE}\ndelete table ip {INGRESS_TABLE}\ntable ip {INGRESS_TABLE} {{\n  \
+         chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n  \
+         chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; oifname \"eth1\" masquerade; }}\n\
          {chains}}}\n{rules}"
     )
 }
@@ -363,7 +377,12 @@ impl ClusterNetworks {
     /// cluster cannot answer go to the resolvers of the host's resolv.conf.
     pub async fn open(state_dir: &Path) -> Result<ClusterNetworks, NetError> {
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetError::Netlink(format!("opening netlink: {e}")))?;
+        tokio::spawn(conn);
         Ok(ClusterNetworks {
+            state_dir: state_dir.to_path_buf(),
+            handle,
             overlays: Overlays::open(state_dir).await?,
             bridges: crate::userbridge::UserBridges::open()?,
             views: Arc::default(),
@@ -605,11 +624,14 @@ impl ClusterNetworks {
         self.program_ingress(&mut inner, ingress).await;
     }
 
-    /// The routing mesh: this node's endpoint on the ingress network and the host's
-    /// table, made while some service publishes a port in ingress mode, removed after.
+    /// The routing mesh: a namespace of its own (like Swarm's ingress sandbox) with this
+    /// node's endpoint on the ingress network and a link to the host (169.254.77.0/30,
+    /// so no overlay subnet is routed in the host's namespace); the host sends published
+    /// ports there, and it picks a running task. Made while some service publishes a port
+    /// in ingress mode, removed after.
     async fn program_ingress(&self, inner: &mut Inner, view: Option<NetworkView>) {
-        let script = view.as_ref().map(ingress_script).unwrap_or_default();
-        if let Some(v) = view.as_ref().filter(|_| !script.is_empty()) {
+        let host_script = view.as_ref().map(mesh_host_script).unwrap_or_default();
+        if let Some(v) = view.as_ref().filter(|_| !host_script.is_empty()) {
             let mine = {
                 let views = self.views.read().unwrap_or_else(|e| e.into_inner());
                 v.endpoints
@@ -619,57 +641,55 @@ impl ClusterNetworks {
             };
             let Some(mine) = mine else { return };
             if inner.ingress_attached.as_deref() != Some(v.network.id.as_str()) {
-                let (Some(ip), Ok(underlay)) = (ip_of(&mine.addr), mine.node_addr.parse()) else {
-                    return;
-                };
-                let a = AttachmentSpec {
-                    network: v.network.clone(),
-                    addr: mine.addr.clone(),
-                };
-                let made = match overlay_config(&a, underlay) {
-                    Ok(cfg) => {
-                        self.overlays
-                            .attach_host(&cfg, INGRESS_ENDPOINT, INGRESS_IF, ip)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = made {
-                    tracing::warn!("joining the ingress network: {e}");
+                if let Err(e) = self.make_mesh(v, &mine).await {
+                    tracing::warn!("making the routing mesh: {e}");
+                    self.unmake_mesh(&v.network.id).await;
                     return;
                 }
-                enable_forwarding();
                 inner.ingress_attached = Some(v.network.id.clone());
+                inner.ingress_rules.clear();
                 self.program_peers(&v.network.id).await;
             }
-            let wanted = ingress_tcp_backends(v);
-            inner.loopback.retain(|port, _| wanted.contains_key(port));
-            for (port, backends) in wanted {
-                if let Some(l) = inner.loopback.get(&port) {
-                    *l.backends.write().unwrap_or_else(|e| e.into_inner()) = backends;
+            let lb_script = mesh_lb_script(v);
+            let both = format!("{host_script}{lb_script}");
+            if both != inner.ingress_rules {
+                let mesh = self.mesh_path();
+                let done = tokio::task::spawn_blocking(move || {
+                    nft_in(Some(&mesh), lb_script)?;
+                    nft_in(None, host_script)
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => inner.ingress_rules = both,
+                    Ok(Err(e)) => tracing::warn!("programming the routing mesh: {e}"),
+                    Err(e) => tracing::warn!("programming the routing mesh: {e}"),
+                }
+            }
+            // Loopback: the kernel will not route 127.0.0.0/8 elsewhere; a relay sends it
+            // to the mesh.
+            let ports: BTreeSet<u16> = mesh_ports(v)
+                .into_iter()
+                .filter(|(p, _)| p.protocol == PortProtocol::Tcp)
+                .map(|(p, _)| p.published)
+                .collect();
+            inner.loopback.retain(|port, _| ports.contains(port));
+            for port in ports {
+                if inner.loopback.contains_key(&port) {
                     continue;
                 }
+                let target = SocketAddr::new(MESH_LB.into(), port);
                 match std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).and_then(|l| {
                     l.set_nonblocking(true)?;
                     tokio::net::TcpListener::from_std(l)
                 }) {
                     Ok(listener) => {
-                        let backends = Arc::new(RwLock::new(backends));
-                        let task = tokio::spawn(relay_loopback(listener, backends.clone()));
-                        inner.loopback.insert(port, Loopback { backends, task });
+                        let task = tokio::spawn(relay_loopback(listener, target));
+                        inner.loopback.insert(port, Loopback { task });
                     }
                     Err(e) => tracing::warn!(
                         port,
                         "the routing mesh cannot answer on 127.0.0.1:{port}: {e}"
                     ),
-                }
-            }
-            if script != inner.ingress_rules {
-                let s = script.clone();
-                match tokio::task::spawn_blocking(move || nft_in(None, s)).await {
-                    Ok(Ok(())) => inner.ingress_rules = script,
-                    Ok(Err(e)) => tracing::warn!("programming the routing mesh: {e}"),
-                    Err(e) => tracing::warn!("programming the routing mesh: {e}"),
                 }
             }
             return;
@@ -685,10 +705,92 @@ impl ClusterNetworks {
             .await;
             inner.ingress_rules.clear();
         }
-        if let Some(id) = inner.ingress_attached.take()
-            && let Err(e) = self.overlays.detach(&id, INGRESS_ENDPOINT).await
-        {
+        if let Some(id) = inner.ingress_attached.take() {
+            self.unmake_mesh(&id).await;
+        }
+    }
+
+    fn mesh_path(&self) -> PathBuf {
+        self.state_dir.join("mesh")
+    }
+
+    /// Makes the mesh's namespace: this node's endpoint on the ingress network (eth1),
+    /// the link to the host (eth0 there, `shoal-ingress` here), forwarding on.
+    async fn make_mesh(
+        &self,
+        v: &NetworkView,
+        mine: &shoal_api::types::NetEndpoint,
+    ) -> Result<(), NetError> {
+        let bad = || NetError::State(format!("this node's ingress address {} is bad", mine.addr));
+        let ip = ip_of(&mine.addr).ok_or_else(bad)?;
+        let underlay: Ipv4Addr = mine.node_addr.parse().map_err(|_| bad())?;
+        let path = self.mesh_path();
+        crate::netns::remove(&path)?;
+        crate::netns::create(&path)?;
+        let a = AttachmentSpec {
+            network: v.network.clone(),
+            addr: mine.addr.clone(),
+        };
+        let cfg = overlay_config(&a, underlay)?;
+        self.overlays
+            .attach(&cfg, INGRESS_ENDPOINT, &path, "eth1", ip)
+            .await?;
+        use crate::overlay::{configure, delete_link, move_link, must_index, nl, set_link};
+        use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
+        let h = &self.handle;
+        delete_link(h, INGRESS_IF).await?;
+        delete_link(h, "shoal-mesh-tmp").await?;
+        h.link()
+            .add(LinkVeth::new(INGRESS_IF, "shoal-mesh-tmp").build())
+            .execute()
+            .await
+            .map_err(nl("creating the routing mesh's link"))?;
+        let index = must_index(h, "shoal-mesh-tmp").await?;
+        move_link(h, index, &path, "moving the mesh's link into its namespace").await?;
+        let inside = crate::netns::handle_in(&path)?;
+        configure(
+            &inside,
+            "shoal-mesh-tmp",
+            "eth0",
+            (MESH_LB, MESH_PREFIX),
+            1500,
+            "the mesh",
+        )
+        .await?;
+        inside
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(MESH_HOST)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("routing the mesh's answers to the host"))?;
+        let host_end = must_index(h, INGRESS_IF).await?;
+        h.address()
+            .add(host_end, MESH_HOST.into(), MESH_PREFIX)
+            .execute()
+            .await
+            .map_err(nl("addressing the routing mesh's link"))?;
+        set_link(
+            h,
+            LinkUnspec::new_with_index(host_end).up(),
+            "bringing the mesh's link up",
+        )
+        .await?;
+        crate::netns::run_in(&path, enable_forwarding)?;
+        enable_forwarding();
+        Ok(())
+    }
+
+    async fn unmake_mesh(&self, network_id: &str) {
+        let _ = crate::overlay::delete_link(&self.handle, INGRESS_IF).await;
+        if let Err(e) = self.overlays.detach(network_id, INGRESS_ENDPOINT).await {
             tracing::warn!("leaving the ingress network: {e}");
+        }
+        if let Err(e) = crate::netns::remove(&self.mesh_path()) {
+            tracing::warn!("removing the routing mesh's namespace: {e}");
         }
     }
 
@@ -745,6 +847,10 @@ impl ClusterNetworks {
             );
         }
         // The mesh is made again from the next views.
+        let _ = crate::overlay::delete_link(&self.handle, INGRESS_IF).await;
+        if let Err(e) = crate::netns::remove(&self.mesh_path()) {
+            tracing::warn!("removing the routing mesh's namespace: {e}");
+        }
         let _ = tokio::task::spawn_blocking(|| {
             nft_in(
                 None,
@@ -935,7 +1041,12 @@ mod tests {
             nft_in(Some(&ns), lb_script(&views, &["n1".into()])).unwrap();
             nft_in(
                 Some(&ns),
-                ingress_script(&view(EndpointMode::Vip, &[true, true])),
+                mesh_lb_script(&view(EndpointMode::Vip, &[true, true])),
+            )
+            .unwrap();
+            nft_in(
+                Some(&ns),
+                mesh_host_script(&view(EndpointMode::Vip, &[true, true])),
             )
             .unwrap();
         }
@@ -958,13 +1069,16 @@ mod tests {
 
     #[test]
     fn ingress_ports_go_to_running_tasks() {
-        let s = ingress_script(&view(EndpointMode::Vip, &[true, true]));
+        let s = mesh_lb_script(&view(EndpointMode::Vip, &[true, true]));
         assert!(
-            s.contains("prerouting fib daddr type local tcp dport 8080 numgen random mod 2"),
+            s.contains("prerouting iifname \"eth0\" tcp dport 8080 numgen random mod 2"),
             "{s}"
         );
         assert!(s.contains("dnat to 10.0.1.4:80"), "{s}");
         assert!(s.contains("masquerade"), "{s}");
-        assert!(ingress_script(&view(EndpointMode::Vip, &[false])).is_empty());
+        assert!(mesh_lb_script(&view(EndpointMode::Vip, &[false])).is_empty());
+        let h = mesh_host_script(&view(EndpointMode::Vip, &[true]));
+        assert!(h.contains("tcp dport 8080 dnat to 169.254.77.2"), "{h}");
+        assert!(mesh_host_script(&view(EndpointMode::Vip, &[false])).is_empty());
     }
 }
