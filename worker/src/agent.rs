@@ -369,6 +369,11 @@ impl Agent {
     async fn reconcile(self: &Arc<Self>, tasks: &[Task]) -> Vec<pd::StatusUpdate> {
         let mut updates = Vec::new();
         let assigned: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        // Starts in flight, read before what the engine holds: only reconcile starts
+        // tasks, so a task not in flight now has no start racing with the decisions below
+        // (a start that ends while this runs would otherwise look like none, or like a
+        // leftover, and be made twice).
+        let in_flight: HashSet<String> = self.starting.lock().await.clone();
         // What the engine holds for tasks, running or exited (kept for logs until the
         // task leaves this node's set).
         let records: HashMap<String, crate::engine::ContainerRecord> = self
@@ -408,7 +413,20 @@ impl Agent {
                 // After a restart the check of an adopted task runs again.
                 self.check_health(t.id.clone(), c.clone(), h.clone());
             }
-            if t.status.state.is_terminal() || self.starting.lock().await.contains(&t.id) {
+            if t.status.state.is_terminal()
+                && let Some((c, true)) = container
+                && self.stopping.lock().await.insert(t.id.clone())
+            {
+                // The managers recorded its end (a report that raced with a restart,
+                // say) while its container still runs: it must not run on beside its
+                // replacement.
+                let (agent, c) = (self.clone(), c.clone());
+                self.spawn(async move {
+                    let _ = agent.engine.stop(&c, None).await;
+                });
+                continue;
+            }
+            if t.status.state.is_terminal() || in_flight.contains(&t.id) {
                 continue;
             }
             // What the engine holds may be ahead of what the managers heard: a status lost
