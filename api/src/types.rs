@@ -493,6 +493,10 @@ pub struct Service {
     /// Its virtual IPs, one per network (endpoint mode vip), given by the allocator.
     #[serde(default)]
     pub vips: Vec<Vip>,
+    /// Its ports published in ingress mode, with the number the allocator picked where
+    /// the spec left it (the same on every node and for every task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
 }
 
 /// The states of a task, in the only order they may move.

@@ -106,13 +106,24 @@ fn view(
     let mut by_id: BTreeMap<&str, NetService> = BTreeMap::new();
     for s in services {
         let joins = s.spec.networks.contains(&network.id);
+        // The allocator's numbers for ports published without one.
         let ingress_ports: Vec<_> = s
-            .spec
             .ports
             .iter()
+            .chain(s.spec.ports.iter().filter(|p| p.published != 0))
             .filter(|p| network.spec.ingress && p.mode == PublishMode::Ingress)
-            .copied()
-            .collect();
+            .fold(
+                Vec::new(),
+                |mut acc: Vec<shoal_api::types::PortConfig>, p| {
+                    if !acc
+                        .iter()
+                        .any(|q| q.target == p.target && q.protocol == p.protocol)
+                    {
+                        acc.push(*p);
+                    }
+                    acc
+                },
+            );
         if !joins && ingress_ports.is_empty() {
             continue;
         }
@@ -231,6 +242,7 @@ mod tests {
                 network_id: "front".into(),
                 addr: "10.0.1.2/24".into(),
             }],
+            ports: Vec::new(),
         };
         let tasks = [
             task("t1", "a", TaskState::Running, &[("front", "10.0.1.3/24")]),
@@ -294,6 +306,7 @@ mod tests {
             previous_spec: None,
             update_status: None,
             vips: Vec::new(),
+            ports: Vec::new(),
         };
         let nodes = [
             node("a", "10.0.1.10/24"),

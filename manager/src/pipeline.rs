@@ -303,6 +303,7 @@ impl Pipeline {
                                     message,
                                 }),
                                 vips: s.vips.clone(),
+                                ports: s.ports.clone(),
                             };
                             commands.push(put_service(&rolled, *v));
                             report.rolled_back += 1;
@@ -392,8 +393,29 @@ impl Pipeline {
                 }
             }
         }
-        // Service VIPs: one per network the tasks join, in vip mode.
+        let mut in_use: std::collections::HashSet<(shoal_api::types::PortProtocol, u16)> = tasks
+            .iter()
+            .filter(|(t, _)| orchestrator::is_live(t) && t.status.state > TaskState::New)
+            .flat_map(|(t, _)| t.ports.iter().map(|p| (p.protocol, p.published)))
+            .chain(services.iter().flat_map(|(s, _)| {
+                s.ports
+                    .iter()
+                    .chain(
+                        s.spec
+                            .ports
+                            .iter()
+                            .filter(|p| p.mode == PublishMode::Ingress),
+                    )
+                    .filter(|p| p.published != 0)
+                    .map(|p| (p.protocol, p.published))
+            }))
+            .collect();
+        // Service VIPs, one per network the tasks join in vip mode, and the numbers of
+        // ports published in ingress mode without one.
+        let mut mesh_ports: HashMap<&str, Vec<PortConfig>> = HashMap::new();
         for (s, v) in &services {
+            let ports = service_ports(s, &mut in_use);
+            mesh_ports.insert(s.id.as_str(), ports.clone());
             let wanted: Vec<&str> = if s.spec.endpoint_mode == EndpointMode::Vip {
                 task_networks(&s.spec, &s.spec.ports, ingress)
             } else {
@@ -419,18 +441,14 @@ impl Pipeline {
                     });
                 }
             }
-            if vips != s.vips {
+            if vips != s.vips || ports != s.ports {
                 let mut s = s.clone();
                 s.vips = vips;
+                s.ports = ports;
                 commands.push(put_service(&s, *v));
                 report.allocated += 1;
             }
         }
-        let mut in_use: std::collections::HashSet<(shoal_api::types::PortProtocol, u16)> = tasks
-            .iter()
-            .filter(|(t, _)| orchestrator::is_live(t) && t.status.state > TaskState::New)
-            .flat_map(|(t, _)| t.ports.iter().map(|p| (p.protocol, p.published)))
-            .collect();
         for (mut t, v) in tasks {
             if t.status.state < TaskState::Assigned && t.desired_state > TaskState::Running {
                 t.status.state = TaskState::Shutdown;
@@ -441,6 +459,21 @@ impl Pipeline {
             }
             if t.status.state != TaskState::New {
                 continue;
+            }
+            // A port published in ingress mode has the service's number.
+            if let Some(ports) = mesh_ports.get(t.service_id.as_str()) {
+                for p in t
+                    .ports
+                    .iter_mut()
+                    .filter(|p| p.mode == PublishMode::Ingress)
+                {
+                    if let Some(q) = ports
+                        .iter()
+                        .find(|q| q.target == p.target && q.protocol == p.protocol)
+                    {
+                        p.published = q.published;
+                    }
+                }
             }
             let result = allocate_ports(&t.ports, &mut in_use).and_then(|ports| {
                 let mut attachments = Vec::new();
@@ -681,6 +714,41 @@ fn request(t: &Task) -> TaskRequest {
     }
 }
 
+/// A service's ports published in ingress mode, each with a number: the spec's, the one
+/// it was given before, or a free one of the dynamic range (marked taken in `in_use`).
+fn service_ports(
+    s: &Service,
+    in_use: &mut std::collections::HashSet<(shoal_api::types::PortProtocol, u16)>,
+) -> Vec<PortConfig> {
+    let mut out = Vec::new();
+    for p in s
+        .spec
+        .ports
+        .iter()
+        .filter(|p| p.mode == PublishMode::Ingress)
+    {
+        let mut p = *p;
+        if p.published == 0 {
+            let before = s
+                .ports
+                .iter()
+                .find(|q| q.target == p.target && q.protocol == p.protocol && q.published != 0)
+                .map(|q| q.published);
+            p.published = match before.or_else(|| {
+                DYNAMIC_PORTS
+                    .clone()
+                    .find(|n| !in_use.contains(&(p.protocol, *n)))
+            }) {
+                Some(n) => n,
+                None => continue,
+            };
+            in_use.insert((p.protocol, p.published));
+        }
+        out.push(p);
+    }
+    out
+}
+
 /// Where published ports without a number come from (as Swarm's dynamic range).
 pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
@@ -693,7 +761,8 @@ fn allocate_ports(
     let mut out = Vec::with_capacity(ports.len());
     for p in ports {
         let mut p = *p;
-        if p.published == 0 {
+        // (An ingress port without a number waits for its service's.)
+        if p.published == 0 && p.mode == PublishMode::Host {
             p.published = DYNAMIC_PORTS
                 .clone()
                 .find(|n| !in_use.contains(&(p.protocol, *n)))

@@ -1001,13 +1001,6 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), Status> {
         if p.target == 0 {
             return bad("a published port needs a target port (the container's), 1-65535".into());
         }
-        if p.mode == PublishMode::Ingress && p.published == 0 {
-            return bad(format!(
-                "port {}: a port published in ingress mode needs its number on the nodes \
-                 (--publish published=P,target={}), or publish it with mode=host",
-                p.target, p.target
-            ));
-        }
         if p.published != 0 && !published.insert((p.protocol, p.published)) {
             return bad(format!(
                 "port {} is published twice: give each published port once",
@@ -1377,6 +1370,7 @@ impl Control for ManagerService {
             previous_spec: None,
             update_status: None,
             vips: Vec::new(),
+            ports: Vec::new(),
         };
         let r = m
             .store

@@ -204,6 +204,25 @@ fn services_talk_by_name_across_hosts_and_nothing_is_left() {
         );
     }
 
+    // An ingress port without a number gets one from 30000-32767, the same everywhere.
+    service(&lab, &["--name", "auto", "--publish", "target=80"], HTTPD);
+    let (_, out, _) = lab.shoal(1, &["service", "inspect", "auto"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    let port = v["ports"][0]["published"].as_u64().unwrap_or(0);
+    assert!((30000..=32767).contains(&port), "{out}");
+    let url = format!("http://{}:{port}/etc/hostname", lab.ip(3));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            lab.run(&[
+                "exec", "1", "busybox", "timeout", "3", "busybox", "wget", "-q", "-O", "-", &url,
+            ])
+            .0 == 0
+        }),
+        "the allocated ingress port {port} does not answer"
+    );
+    lab.shoal_ok(1, &["service", "rm", "auto"]);
+
     // No overlay subnet is routed in a host's own namespace (the mesh has one of its own).
     let routes = lab.run(&["exec", "2", "ip", "route"]).1;
     assert!(!routes.contains("10.0."), "host 2 routes: {routes}");

@@ -129,6 +129,7 @@ mod tests {
             previous_spec: None,
             update_status: None,
             vips: Vec::new(),
+            ports: Vec::new(),
         }
     }
 

@@ -66,6 +66,7 @@ fn service(replicas: u64) -> Service {
         previous_spec: None,
         update_status: None,
         vips: Vec::new(),
+        ports: Vec::new(),
     }
 }
 

@@ -292,11 +292,13 @@ pub(super) fn check_ingress_ports(
             continue;
         }
         for p in &mine {
-            if other.spec.ports.iter().any(|q| {
-                q.mode == PublishMode::Ingress
-                    && q.published == p.published
-                    && q.protocol == p.protocol
-            }) {
+            if p.published != 0
+                && other.spec.ports.iter().chain(&other.ports).any(|q| {
+                    q.mode == PublishMode::Ingress
+                        && q.published == p.published
+                        && q.protocol == p.protocol
+                })
+            {
                 return Err(Status::already_exists(format!(
                     "port {} is already published by service {}: choose another published port",
                     p.published, other.spec.name
