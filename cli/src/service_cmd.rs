@@ -724,6 +724,17 @@ pub async fn run(host: &Host, cmd: ServiceCommand) -> anyhow::Result<()> {
                     .ports
                     .iter()
                     .map(|p| {
+                        // The allocator's number for an ingress port given without one.
+                        let p = s
+                            .ports
+                            .iter()
+                            .find(|q| {
+                                p.published == 0
+                                    && q.target == p.target
+                                    && q.protocol == p.protocol
+                                    && q.mode == p.mode
+                            })
+                            .unwrap_or(p);
                         let proto = format!("{:?}", p.protocol).to_lowercase();
                         if p.published == 0 {
                             format!("*:->{}/{proto}", p.target)
