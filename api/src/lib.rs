@@ -1,7 +1,19 @@
-//! Wire types of shoal: the gRPC services spoken between the client, the daemon and (later)
-//! the managers and workers. No I/O lives here.
+//! Wire types of shoal: the gRPC services spoken between the client, the daemon, the
+//! managers and the workers, the domain types they carry, and the one place each is
+//! converted. No I/O lives here but the clock and the random source.
+//!
+//! - [`types`]: the cluster's objects and the engine's container spec.
+//! - [`wire`]: how objects travel inside the messages (JSON of [`types`]).
+//! - [`convert`]: the engine API's container messages to and from [`types`].
+//! - [`cluster`]: addresses, join tokens, Raft ids and address pools, for clients too.
+//! - [`id`], [`clock`]: the one random id source and the one wall clock.
 
+pub mod clock;
+pub mod cluster;
+pub mod convert;
+pub mod id;
 pub mod types;
+pub mod wire;
 
 /// The metadata key in which a manager that does not lead names the leader's cluster
 /// address, so that callers go there.
@@ -29,7 +41,7 @@ pub mod engine {
     tonic::include_proto!("shoal.engine.v1");
 }
 
-/// Between managers: Raft's messages, and joining the cluster.
+/// Between managers: Raft's messages, and joining.
 pub mod raft {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("shoal.raft.v1");

@@ -190,7 +190,7 @@ fn client_tls(dir: &std::path::Path) -> anyhow::Result<tonic::transport::ClientT
     Ok(tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
         .identity(tonic::transport::Identity::from_pem(cert, key))
-        .domain_name(shoal_manager::ca::MANAGER_NAME))
+        .domain_name(shoal_api::cluster::MANAGER_NAME))
 }
 
 /// Turns a daemon error into one line, with the exit code it carries (1 unless the

@@ -177,7 +177,15 @@ fn dialer(socket: PathBuf, target: AgentTarget) -> Dialer {
             .managers_file
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())
-            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .and_then(|raw| match serde_json::from_slice(&raw) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(
+                        "the saved managers are damaged ({e}): using the ones joined with"
+                    );
+                    None
+                }
+            })
             .filter(|m: &Vec<String>| !m.is_empty());
         let managers = saved.as_ref().unwrap_or(&target.managers);
         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -205,7 +213,7 @@ fn dialer(socket: PathBuf, target: AgentTarget) -> Dialer {
 fn check_addrs(listen: &Option<String>, advertise: &Option<String>) -> anyhow::Result<()> {
     for (flag, value) in [("--listen-addr", listen), ("--advertise-addr", advertise)] {
         if let Some(v) = value {
-            shoal_manager::port::parse_addr(flag, v).map_err(|e| UsageError(e.to_string()))?;
+            shoal_api::cluster::parse_addr(flag, v).map_err(|e| UsageError(e.to_string()))?;
         }
     }
     Ok(())
@@ -220,8 +228,8 @@ pub async fn join(
     advertise_addr: Option<String>,
 ) -> anyhow::Result<()> {
     // Bad input is found before the daemon is asked.
-    shoal_manager::ca::JoinToken::parse(&token).map_err(|e| UsageError(e.to_string()))?;
-    shoal_manager::port::parse_addr("the manager address", &remote)
+    shoal_api::cluster::JoinToken::parse(&token).map_err(|e| UsageError(e.to_string()))?;
+    shoal_api::cluster::parse_addr("the manager address", &remote)
         .map_err(|e| UsageError(e.to_string()))?;
     check_addrs(&listen_addr, &advertise_addr)?;
     let mut c = ControlClient::new(connect(host).await?)
@@ -262,8 +270,8 @@ pub async fn init(
     pool: AddrPoolArgs,
 ) -> anyhow::Result<()> {
     check_addrs(&listen_addr, &advertise_addr)?;
-    shoal_manager::allocator::AddrPool::parse(&pool.pools, pool.mask_len.unwrap_or(0))
-        .map_err(UsageError)?;
+    shoal_api::cluster::AddrPool::parse(&pool.pools, pool.mask_len.unwrap_or(0))
+        .map_err(|e| UsageError(e.to_string()))?;
     if force_new_cluster && (!pool.pools.is_empty() || pool.mask_len.is_some()) {
         return Err(UsageError(
             "--force-new-cluster keeps the cluster's address pool: drop --default-addr-pool".into(),
@@ -489,10 +497,7 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
         .map_err(status)?
         .into_inner()
         .objects;
-    let nodes: Vec<Node> = objects
-        .iter()
-        .filter_map(|o| serde_json::from_str(&o.json).ok())
-        .collect();
+    let nodes: Vec<Node> = shoal_api::wire::decode_all(&objects)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
@@ -517,7 +522,7 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
                     format!("Down ({})", n.status_message)
                 },
                 format!("{:?}", n.availability),
-                if shoal_manager::server::raft_id(&n.id) == leader {
+                if shoal_api::cluster::raft_id(&n.id) == leader {
                     "Leader".into()
                 } else if n.manager && n.ready {
                     "Reachable".into()
@@ -550,10 +555,7 @@ pub async fn node_inspect(host: &Host, keys: Vec<String>) -> anyhow::Result<()> 
         .map_err(status)?
         .into_inner()
         .objects;
-    let nodes: Vec<Node> = objects
-        .iter()
-        .filter_map(|o| serde_json::from_str(&o.json).ok())
-        .collect();
+    let nodes: Vec<Node> = shoal_api::wire::decode_all(&objects)?;
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for k in keys {

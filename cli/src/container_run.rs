@@ -174,8 +174,7 @@ pub fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         .stop_timeout
         .as_deref()
         .map(|s| args::parse_seconds("--stop-timeout", s))
-        .transpose()?
-        .unwrap_or(-1);
+        .transpose()?;
     Ok(pb::ContainerSpec {
         image: a.image().to_string(),
         name: a.name.clone().unwrap_or_default(),
@@ -216,7 +215,6 @@ pub fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         stop_timeout_secs,
         labels,
         security_opt: a.security_opt.clone(),
-        attachments: Vec::new(),
     })
 }
 
@@ -447,7 +445,7 @@ mod tests {
         assert_eq!(s.ports[0].host_port, 8080);
         assert!(s.read_only);
         assert_eq!(s.stop_signal, "SIGQUIT");
-        assert_eq!(s.stop_timeout_secs, 3);
+        assert_eq!(s.stop_timeout_secs, Some(3));
         assert_eq!(s.labels["team"], "web");
         assert!(s.entrypoint_set && s.entrypoint.is_empty());
         assert_eq!(s.network, "bridge");
@@ -457,7 +455,7 @@ mod tests {
     #[test]
     fn defaults_leave_everything_to_the_daemon() {
         let s = spec_of(&parse(&["busybox"])).unwrap();
-        assert_eq!(s.stop_timeout_secs, -1);
+        assert_eq!(s.stop_timeout_secs, None, "the daemon's default");
         assert_eq!(s.stop_signal, "");
         assert!(!s.entrypoint_set);
         assert!(s.cmd.is_empty());

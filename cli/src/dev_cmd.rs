@@ -156,9 +156,7 @@ pub async fn drive(host: Host, started: Instant, exit_after: Option<u64>) -> any
         .any(|o| o.json.contains("\"name\":\"hello\""))
     {
         control
-            .create_service(pc::CreateServiceRequest {
-                spec_json: serde_json::to_string(&demo_service())?,
-            })
+            .create_service(pc::CreateServiceRequest::new(&demo_service())?)
             .await
             .map_err(status)?;
     }
@@ -179,10 +177,7 @@ pub async fn drive(host: Host, started: Instant, exit_after: Option<u64>) -> any
             .map_err(status)?
             .into_inner()
             .objects;
-        for t in tasks
-            .iter()
-            .filter_map(|o| serde_json::from_str::<Task>(&o.json).ok())
-        {
+        for t in shoal_api::wire::decode_all::<Task>(&tasks)? {
             let name = format!("{}.{}", t.spec.name, t.slot);
             if states.get(&t.id) != Some(&t.status.state) {
                 eprintln!("[{name}] {:?}: {}", t.status.state, t.status.message);

@@ -310,8 +310,10 @@ pub async fn run(host: &Host, cmd: ImageCommand) -> anyhow::Result<()> {
                         let d = d.into_inner();
                         out.push(serde_json::json!({
                             "summary": d.summary,
-                            "config": serde_json::from_str::<serde_json::Value>(&d.config_json).unwrap_or_default(),
-                            "manifest": serde_json::from_str::<serde_json::Value>(&d.manifest_json).unwrap_or_default(),
+                            "config": serde_json::from_str::<serde_json::Value>(&d.config_json)
+                                .map_err(|e| anyhow::anyhow!("the image's config is malformed: {e}"))?,
+                            "manifest": serde_json::from_str::<serde_json::Value>(&d.manifest_json)
+                                .map_err(|e| anyhow::anyhow!("the image's manifest is malformed: {e}"))?,
                         }));
                     }
                     Err(e) => {

@@ -10,7 +10,7 @@ mod image_cmd;
 mod network_cmd;
 mod output;
 mod progress;
-mod service_cmd;
+mod service;
 mod service_flags;
 
 use std::path::PathBuf;
@@ -153,7 +153,7 @@ enum Command {
     },
     /// Manage services.
     #[command(subcommand)]
-    Service(service_cmd::ServiceCommand),
+    Service(service::ServiceCommand),
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -387,7 +387,7 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         } => cluster_cmd::join_token(&host, &role, rotate, quiet).await,
         Command::ClientCert { name, out } => cluster_cmd::client_cert(&host, name, out).await,
         Command::Info { format } => cluster_cmd::info(&host, format == "json").await,
-        Command::Service(c) => service_cmd::run(&host, c).await,
+        Command::Service(c) => service::run(&host, c).await,
         Command::Network(c) => network_cmd::run(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {
             cluster_cmd::node_ls(&host, format == "json").await
@@ -514,13 +514,13 @@ async fn run_daemon(
         cgroup_parent: a.cgroup_parent,
         insecure_registries: a.insecure_registries,
     };
-    let usage = |e: shoal_manager::port::PortError| UsageError(e.to_string());
+    let usage = |e: shoal_api::cluster::ClusterInputError| UsageError(e.to_string());
     let port_defaults = shoal_manager::server::PortDefaults {
-        listen: shoal_manager::port::parse_addr("--listen-addr", &a.listen_addr).map_err(usage)?,
+        listen: shoal_api::cluster::parse_addr("--listen-addr", &a.listen_addr).map_err(usage)?,
         advertise: a
             .advertise_addr
             .as_deref()
-            .map(|v| shoal_manager::port::parse_addr("--advertise-addr", v))
+            .map(|v| shoal_api::cluster::parse_addr("--advertise-addr", v))
             .transpose()
             .map_err(usage)?,
     };

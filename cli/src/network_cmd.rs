@@ -132,10 +132,7 @@ async fn all(c: &mut ControlClient<Channel>) -> anyhow::Result<Vec<Network>> {
         .map_err(status)?
         .into_inner()
         .objects;
-    let mut nets: Vec<Network> = objects
-        .iter()
-        .filter_map(|o| serde_json::from_str(&o.json).ok())
-        .collect();
+    let mut nets: Vec<Network> = shoal_api::wire::decode_all(&objects)?;
     nets.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     Ok(nets)
 }
@@ -155,16 +152,12 @@ pub async fn run(host: &Host, cmd: NetworkCommand) -> anyhow::Result<()> {
         NetworkCommand::Create(a) => {
             let spec = a.spec()?;
             let mut c = client(host).await?;
-            let o = c
-                .create_network(pc::CreateNetworkRequest {
-                    spec_json: serde_json::to_string(&spec)?,
-                })
+            let r = c
+                .create_network(pc::CreateNetworkRequest::new(&spec)?)
                 .await
                 .map_err(status)?
-                .into_inner()
-                .object
-                .unwrap_or_default();
-            println!("{}", o.id);
+                .into_inner();
+            println!("{}", r.object()?.id);
             Ok(())
         }
         NetworkCommand::Ls { quiet, format } => {
@@ -218,8 +211,7 @@ pub async fn run(host: &Host, cmd: NetworkCommand) -> anyhow::Result<()> {
             for key in networks {
                 match c.get_network(pc::GetRequest { id: key.clone() }).await {
                     Ok(r) => {
-                        let o = r.into_inner().object.unwrap_or_default();
-                        out.push(serde_json::from_str::<serde_json::Value>(&o.json)?);
+                        out.push(r.into_inner().decode::<Network>()?);
                     }
                     Err(e) if e.code() == tonic::Code::NotFound => missing.push(key),
                     Err(e) => return Err(status(e)),

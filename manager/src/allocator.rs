@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+pub use shoal_api::cluster::{AddrPool, overlaps};
 use shoal_api::types::{Network, NetworkDriver, NetworkSpec};
 use shoal_netoverlay::ipam::Pool;
 
@@ -16,73 +17,6 @@ pub const FIRST_VNI: u32 = 4096;
 pub const LAST_VNI: u32 = (1 << 24) - 1;
 /// The name of the routing mesh's network.
 pub const INGRESS: &str = "ingress";
-
-/// Where network subnets come from when a network names none.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AddrPool {
-    /// The pools, in order.
-    pub pools: Vec<Ipv4Net>,
-    /// The prefix length of each network's subnet.
-    pub mask_len: u8,
-}
-
-impl Default for AddrPool {
-    fn default() -> Self {
-        AddrPool {
-            pools: vec![Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default()],
-            mask_len: 24,
-        }
-    }
-}
-
-impl AddrPool {
-    /// Checks pools given to `shoal init --default-addr-pool`.
-    pub fn parse(pools: &[String], mask_len: u32) -> Result<AddrPool, String> {
-        let mut out = AddrPool::default();
-        if !pools.is_empty() {
-            out.pools = pools
-                .iter()
-                .map(|p| {
-                    p.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
-                        format!(
-                            "--default-addr-pool {p}: not an IPv4 CIDR; give one as 10.20.0.0/16"
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        if mask_len != 0 {
-            out.mask_len = u8::try_from(mask_len).unwrap_or(u8::MAX);
-        }
-        if out.mask_len > 29 {
-            return Err(format!(
-                "--default-addr-pool-mask-length {}: at most 29 (a subnet needs room for a gateway and tasks)",
-                out.mask_len
-            ));
-        }
-        for p in &out.pools {
-            if p.prefix_len() > out.mask_len {
-                return Err(format!(
-                    "--default-addr-pool {p} is smaller than one /{} subnet: give a larger pool or a longer --default-addr-pool-mask-length",
-                    out.mask_len
-                ));
-            }
-        }
-        for (i, a) in out.pools.iter().enumerate() {
-            if let Some(b) = out.pools[i + 1..].iter().find(|b| overlaps(a, b)) {
-                return Err(format!(
-                    "--default-addr-pool {a} overlaps {b}: give pools that do not overlap"
-                ));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Whether two subnets share an address.
-pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
 
 /// What a new network gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,17 +335,6 @@ mod tests {
 
     #[test]
     fn pools_and_specs_are_checked() {
-        assert!(AddrPool::parse(&["10.0.0.0/8".into()], 30).is_err());
-        assert!(AddrPool::parse(&["10.0.0.0/25".into()], 24).is_err());
-        assert!(AddrPool::parse(&["fish".into()], 24).is_err());
-        let e = AddrPool::parse(&["10.0.0.0/8".into(), "10.1.0.0/16".into()], 24).unwrap_err();
-        assert!(e.contains("overlaps"), "{e}");
-        assert_eq!(
-            AddrPool::parse(&["172.40.0.0/16".into()], 26)
-                .unwrap()
-                .mask_len,
-            26
-        );
         let bad = |f: &dyn Fn(&mut NetworkSpec)| {
             let mut s = spec("n", NetworkDriver::Overlay);
             f(&mut s);

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 /// The DNS name in every manager's certificate; clients check it, whatever address they
 /// dialed.
-pub const MANAGER_NAME: &str = "shoal-manager";
+pub use shoal_api::cluster::MANAGER_NAME;
 /// The DNS name in every worker's certificate.
 pub const WORKER_NAME: &str = "shoal-worker";
 /// The name in every client certificate.
@@ -255,59 +255,9 @@ pub fn wants_renewal(id: &Identity, now: SystemTime) -> bool {
     now >= id.not_before + life / 2
 }
 
-/// A join token, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    /// The CA's fingerprint.
-    pub fingerprint: String,
-    /// The secret.
-    pub secret: String,
-}
-
-const TOKEN_PREFIX: &str = "SHOAL1-";
-
-impl JoinToken {
-    /// A new token for the CA with `fingerprint`: a fresh 128-bit secret.
-    pub fn generate(fingerprint: &str) -> Result<JoinToken, CaError> {
-        let mut secret = [0u8; 16];
-        std::io::Read::read_exact(
-            &mut std::fs::File::open("/dev/urandom").map_err(cert_err)?,
-            &mut secret,
-        )
-        .map_err(cert_err)?;
-        Ok(JoinToken {
-            fingerprint: fingerprint.to_string(),
-            secret: hex::encode(secret),
-        })
-    }
-
-    /// Parses a token as `shoal join-token` prints it.
-    pub fn parse(s: &str) -> Result<JoinToken, CaError> {
-        let fix = "copy the whole token that \"shoal join-token worker\" (or manager) prints on a manager";
-        let rest = s.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
-            CaError::Token(format!(
-                "this is not a shoal join token (they start with {TOKEN_PREFIX}): {fix}"
-            ))
-        })?;
-        let (fingerprint, secret) = rest
-            .split_once('-')
-            .ok_or_else(|| CaError::Token(format!("the join token is cut short: {fix}")))?;
-        let hex_of =
-            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_of(fingerprint, 64) || !hex_of(secret, 32) {
-            return Err(CaError::Token(format!("the join token is damaged: {fix}")));
-        }
-        Ok(JoinToken {
-            fingerprint: fingerprint.to_ascii_lowercase(),
-            secret: secret.to_ascii_lowercase(),
-        })
-    }
-}
-
-impl std::fmt::Display for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{TOKEN_PREFIX}{}-{}", self.fingerprint, self.secret)
-    }
+/// A new join-token secret: 128 random bits, hex.
+pub fn new_join_secret() -> Result<String, CaError> {
+    shoal_api::id::random_hex(16).map_err(cert_err)
 }
 
 /// Compares secrets in time that does not depend on where they differ.
@@ -360,22 +310,10 @@ mod tests {
     }
 
     #[test]
-    fn tokens_round_trip_and_bad_ones_say_why() {
-        let ca = Ca::generate().unwrap();
-        let fp = ca.fingerprint().unwrap();
-        assert_eq!(fp.len(), 64);
-        let t = JoinToken::generate(&fp).unwrap();
-        assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
-        assert_eq!(JoinToken::parse(&format!("  {t}\n")).unwrap(), t);
-        for (bad, says) in [
-            ("SWMTKN-1-abc", "not a shoal join token"),
-            ("SHOAL1-abcdef", "cut short"),
-            (&format!("SHOAL1-{fp}-xyz")[..], "damaged"),
-        ] {
-            let e = JoinToken::parse(bad).unwrap_err().to_string();
-            assert!(e.contains(says), "{bad}: {e}");
-            assert!(e.contains("shoal join-token"), "{e}");
-        }
+    fn join_secrets_are_fresh_and_compared_in_full() {
+        let a = new_join_secret().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_join_secret().unwrap());
         assert!(same_secret("abcd", "abcd"));
         assert!(!same_secret("abcd", "abce"));
         assert!(!same_secret("abcd", "abc"));

@@ -23,7 +23,8 @@ use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::broadcast;
 
 use crate::store::{
-    Command, CommandResult, LogStore, ObjectEvent, StateMachine, TypeConfig, Versioned,
+    Command, CommandResult, LogStore, Object, ObjectError, ObjectEvent, Snapshot, StateMachine,
+    Stored, TypeConfig, Versioned, Watch, Write,
 };
 
 /// Errors of the cluster store.
@@ -43,6 +44,9 @@ pub enum ClusterError {
     /// A read failed.
     #[error("reading the cluster store: {0}")]
     Read(String),
+    /// An object did not encode, or a stored one does not decode.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     /// This manager leads, but too few managers have answered it lately for a write to
     /// commit: refused before it enters the log, so it can never apply later.
     #[error(
@@ -437,23 +441,75 @@ impl ClusterStore {
         Ok(())
     }
 
-    /// Reads one object from the local state.
-    pub fn get(&self, kind: &str, id: &str) -> Result<Option<Versioned>, ClusterError> {
-        self.state
-            .get(kind, id)
-            .map_err(|e| ClusterError::Read(e.to_string()))
+    /// Commits a typed write.
+    pub async fn apply(&self, write: Write) -> Result<CommandResult, ClusterError> {
+        self.write(write.encode()?).await
     }
 
-    /// Reads every object of a kind from the local state.
-    pub fn list(&self, kind: &str) -> Result<Vec<(String, Versioned)>, ClusterError> {
-        self.state
-            .list(kind)
-            .map_err(|e| ClusterError::Read(e.to_string()))
+    /// Commits typed writes as one all-or-none entry.
+    pub async fn apply_all(&self, writes: &[Write]) -> Result<CommandResult, ClusterError> {
+        match writes {
+            [one] => self.apply(one.clone()).await,
+            _ => self.write(Write::encode_batch(writes)?).await,
+        }
     }
 
-    /// Every object of the local state: (kind, id, object).
-    pub fn all(&self) -> Vec<(String, String, Versioned)> {
-        self.state.all()
+    /// Reads object `id` of kind `T` from the local state.
+    pub fn get<T: Object>(&self, id: &str) -> Result<Option<Versioned<T>>, ClusterError> {
+        Ok(self.state.get_typed(id)?)
+    }
+
+    /// Reads every object of kind `T` from the local state, in id order.
+    pub fn list<T: Object>(&self) -> Result<Vec<Versioned<T>>, ClusterError> {
+        Ok(self.state.list_typed()?)
+    }
+
+    /// One consistent read of every object of the registered kinds.
+    pub fn snapshot(&self) -> Result<Snapshot, ClusterError> {
+        Ok(self.state.snapshot()?)
+    }
+
+    /// Follows the changes of kind `T` from now on.
+    pub fn watch<T: Object>(&self) -> Watch<T> {
+        Watch::new(self.state.subscribe())
+    }
+
+    /// Reads one object as stored, of any kind (the store's own tests, and kinds no type
+    /// is registered for).
+    pub fn get_stored(&self, kind: &str, id: &str) -> Result<Option<Stored>, ClusterError> {
+        Ok(self.state.get(kind, id)?)
+    }
+
+    /// Every object of a kind as stored, by id.
+    pub fn list_stored(&self, kind: &str) -> Result<Vec<(String, Stored)>, ClusterError> {
+        Ok(self.state.list(kind)?)
+    }
+
+    /// Every object of the local state as stored: (kind, id, object), to copy a whole
+    /// state into a new cluster.
+    pub fn export(&self) -> Result<Vec<(String, String, Stored)>, ClusterError> {
+        Ok(self.state.all()?)
+    }
+
+    /// Writes objects as another store exported them, whatever is here (a forced new
+    /// cluster starts from its old state).
+    pub async fn import(&self, objects: Vec<(String, String, Stored)>) -> Result<(), ClusterError> {
+        let commands: Vec<Command> = objects
+            .into_iter()
+            .map(|(kind, id, v)| Command::Put {
+                kind,
+                id,
+                value: v.value,
+                expected_version: None,
+            })
+            .collect();
+        for chunk in commands.chunks(500) {
+            self.write(Command::Batch {
+                commands: chunk.to_vec(),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Follows applied changes.
@@ -523,7 +579,10 @@ mod tests {
         let CommandResult::Applied(v) = r else {
             panic!("{r:?}")
         };
-        assert_eq!(store.get("service", "web").unwrap().unwrap().version, v[0]);
+        assert_eq!(
+            store.get_stored("service", "web").unwrap().unwrap().version,
+            v[0]
+        );
         assert!(matches!(
             events.recv().await.unwrap(),
             ObjectEvent::Put { .. }
@@ -556,11 +615,11 @@ mod tests {
             1
         );
         assert_eq!(
-            store.get("service", "web").unwrap().unwrap().value["replicas"],
+            store.get_stored("service", "web").unwrap().unwrap().value["replicas"],
             3
         );
         store.write(put("db", 1)).await.unwrap();
-        assert_eq!(store.list("service").unwrap().len(), 2);
+        assert_eq!(store.list_stored("service").unwrap().len(), 2);
         store.shutdown().await;
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use shoal_api::types::{
-    EndpointMode, NetEndpoint, NetService, Network, NetworkView, Node, PublishMode, Service, Task,
-    TaskState,
+    Attachment, EndpointMode, NetEndpoint, NetService, Network, NetworkView, Node, PublishMode,
+    Service, Task, TaskState,
 };
 
 /// The prefix of the endpoint ids of nodes' own ingress endpoints.
@@ -17,20 +17,27 @@ fn has_node(t: &Task) -> bool {
     !t.node_id.is_empty() && t.status.state >= TaskState::Assigned && !t.status.state.is_terminal()
 }
 
-/// The views node `node_id` needs: one per network a task of its has an address on, and
-/// the ingress network's when some service publishes a port in ingress mode (every node
-/// answers on those ports).
+/// The views node `node_id` needs: one per network a task of its (or a standalone
+/// container's attachment) has an address on, and the ingress network's when some service
+/// publishes a port in ingress mode (every node answers on those ports).
 pub fn node_views(
     node_id: &str,
     networks: &[Network],
     services: &[Service],
     tasks: &[Task],
     nodes: &[Node],
+    attachments: &[Attachment],
 ) -> Vec<NetworkView> {
     let mut wanted: BTreeSet<&str> = tasks
         .iter()
         .filter(|t| t.node_id == node_id && has_node(t))
         .flat_map(|t| t.networks.iter().map(|a| a.network_id.as_str()))
+        .chain(
+            attachments
+                .iter()
+                .filter(|a| a.node_id == node_id && !a.addr.is_empty())
+                .map(|a| a.network_id.as_str()),
+        )
         .collect();
     let mesh = services
         .iter()
@@ -51,7 +58,7 @@ pub fn node_views(
     networks
         .iter()
         .filter(|n| wanted.contains(n.id.as_str()))
-        .map(|n| view(n, services, tasks, nodes, &node_addr))
+        .map(|n| view(n, services, tasks, nodes, attachments, &node_addr))
         .collect()
 }
 
@@ -60,6 +67,7 @@ fn view(
     services: &[Service],
     tasks: &[Task],
     nodes: &[Node],
+    attachments: &[Attachment],
     node_addr: &HashMap<&str, &str>,
 ) -> NetworkView {
     let mut endpoints: Vec<NetEndpoint> = Vec::new();
@@ -80,13 +88,29 @@ fn view(
                 running: t.status.state == TaskState::Running
                     && t.desired_state == TaskState::Running
                     && (t.spec.healthcheck.is_none() || t.status.health == "healthy"),
-                name: if t.service_id.is_empty() {
-                    t.spec.name.clone()
-                } else {
-                    String::new()
-                },
+                name: String::new(),
             });
         }
+    }
+    // Standalone containers, by name.
+    for a in attachments
+        .iter()
+        .filter(|a| a.network_id == network.id && !a.addr.is_empty())
+    {
+        endpoints.push(NetEndpoint {
+            task_id: a.id.clone(),
+            service_id: String::new(),
+            slot: 0,
+            node_id: a.node_id.clone(),
+            node_addr: node_addr
+                .get(a.node_id.as_str())
+                .copied()
+                .unwrap_or_default()
+                .to_string(),
+            addr: a.addr.clone(),
+            running: true,
+            name: a.container_name.clone(),
+        });
     }
     if network.spec.ingress {
         for n in nodes.iter().filter(|n| !n.ingress_addr.is_empty()) {
@@ -179,23 +203,10 @@ mod tests {
     }
 
     fn node(id: &str, ingress: &str) -> Node {
-        Node {
-            id: id.into(),
-            hostname: id.into(),
-            manager: false,
-            ready: true,
-            status_message: String::new(),
-            availability: Default::default(),
-            labels: Default::default(),
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            resources: Default::default(),
-            addr: String::new(),
-            desired_role: None,
-            certs_since: 0,
-            data_addr: format!("192.168.0.{}", id.len()),
-            ingress_addr: ingress.into(),
-        }
+        let mut n = crate::testing::node(id);
+        n.data_addr = format!("192.168.0.{}", id.len());
+        n.ingress_addr = ingress.into();
+        n
     }
 
     fn task(id: &str, node: &str, state: TaskState, nets: &[(&str, &str)]) -> Task {
@@ -252,7 +263,7 @@ mod tests {
             task("t5", "c", TaskState::Running, &[("back", "10.0.1.7/24")]),
         ];
         let nodes = [node("a", ""), node("b", ""), node("c", "")];
-        let v = node_views("a", &nets, std::slice::from_ref(&web), &tasks, &nodes);
+        let v = node_views("a", &nets, std::slice::from_ref(&web), &tasks, &nodes, &[]);
         assert_eq!(v.len(), 1, "only the network its tasks join");
         assert_eq!(v[0].network.id, "front");
         let eps: Vec<(&str, bool)> = v[0]
@@ -267,7 +278,7 @@ mod tests {
         );
         assert_eq!(v[0].endpoints[1].node_addr, "192.168.0.1");
         assert_eq!(v[0].services[0].vip, "10.0.1.2/24");
-        assert!(node_views("z", &nets, std::slice::from_ref(&web), &tasks, &nodes).is_empty());
+        assert!(node_views("z", &nets, std::slice::from_ref(&web), &tasks, &nodes, &[]).is_empty());
 
         // With a health check, a running task counts once it is healthy.
         let mut checked = task("t6", "a", TaskState::Running, &[("front", "10.0.1.8/24")]);
@@ -285,6 +296,7 @@ mod tests {
                 std::slice::from_ref(&web),
                 std::slice::from_ref(t),
                 &nodes,
+                &[],
             )[0]
             .endpoints[0]
                 .running
@@ -313,21 +325,43 @@ mod tests {
             node("b", "10.0.1.11/24"),
             node("c", ""),
         ];
-        assert!(node_views("a", &nets, std::slice::from_ref(&web), &[], &nodes).is_empty());
+        assert!(node_views("a", &nets, std::slice::from_ref(&web), &[], &nodes, &[]).is_empty());
         web.spec.ports.push(PortConfig {
             target: 80,
             published: 8080,
             protocol: PortProtocol::Tcp,
             mode: PublishMode::Ingress,
         });
-        let v = node_views("a", &nets, std::slice::from_ref(&web), &[], &nodes);
+        let v = node_views("a", &nets, std::slice::from_ref(&web), &[], &nodes, &[]);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].services[0].ports[0].published, 8080);
         let ids: Vec<&str> = v[0].endpoints.iter().map(|e| e.task_id.as_str()).collect();
         assert_eq!(ids, ["node:a", "node:b"]);
         assert!(
-            node_views("c", &nets, &[web], &[], &nodes).is_empty(),
+            node_views("c", &nets, &[web], &[], &nodes, &[]).is_empty(),
             "no ingress address yet"
         );
+    }
+
+    #[test]
+    fn standalone_containers_are_endpoints_by_name_and_bring_their_network() {
+        let nets = [net("front", false)];
+        let a = Attachment {
+            id: "a1".into(),
+            node_id: "b".into(),
+            container_id: "c1".into(),
+            container_name: "probe".into(),
+            network_id: "front".into(),
+            addr: "10.0.1.9/24".into(),
+            message: String::new(),
+            created_ms: 0,
+        };
+        let nodes = [node("a", ""), node("b", "")];
+        let v = node_views("b", &nets, &[], &[], &nodes, std::slice::from_ref(&a));
+        assert_eq!(v.len(), 1, "its node sees the network");
+        assert_eq!(v[0].endpoints.len(), 1);
+        assert_eq!(v[0].endpoints[0].name, "probe");
+        assert!(v[0].endpoints[0].running);
+        assert!(node_views("a", &nets, &[], &[], &nodes, &[a]).is_empty());
     }
 }

@@ -15,8 +15,7 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Server;
 
-/// The default cluster port.
-pub const DEFAULT_PORT: u16 = 4242;
+pub use shoal_api::cluster::DEFAULT_PORT;
 
 /// Errors of the cluster port.
 #[derive(Debug, thiserror::Error)]
@@ -35,30 +34,6 @@ pub enum PortError {
     /// The port could not be opened.
     #[error("{0}")]
     Listen(String),
-}
-
-/// Parses `--listen-addr`/`--advertise-addr`: `IP`, `IP:PORT` or `:PORT` (the port defaults
-/// to 4242, the address to every interface).
-pub fn parse_addr(flag: &str, value: &str) -> Result<SocketAddr, PortError> {
-    let bad = || {
-        PortError::Address(format!(
-            "invalid {flag} \"{value}\": give IP, IP:PORT or :PORT (for example 192.168.1.10:4242)"
-        ))
-    };
-    let value = value.trim();
-    if let Some(port) = value.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-    }
-    if let Ok(a) = value.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    let ip: IpAddr = value
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .map_err(|_| bad())?;
-    Ok(SocketAddr::new(ip, DEFAULT_PORT))
 }
 
 /// The address to tell other nodes, when none was given: the listening address if it is a
@@ -304,26 +279,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_parse_with_the_default_port_and_bad_ones_say_how() {
-        assert_eq!(
-            parse_addr("--listen-addr", "10.0.0.1").unwrap(),
-            "10.0.0.1:4242".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr("--listen-addr", ":5000").unwrap(),
-            "0.0.0.0:5000".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr("--listen-addr", "[::1]:7").unwrap(),
-            "[::1]:7".parse().unwrap()
-        );
-        let e = parse_addr("--advertise-addr", "eth0:x")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("--advertise-addr") && e.contains("IP:PORT"),
-            "{e}"
-        );
+    fn the_default_advertised_address_is_a_real_one() {
         let a = default_advertise("0.0.0.0:4242".parse().unwrap());
         assert!(!a.ip().is_unspecified());
         assert_eq!(a.port(), 4242);

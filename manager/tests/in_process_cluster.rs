@@ -561,7 +561,7 @@ async fn acknowledged_writes_survive_repeated_leader_kills() {
         loop {
             let have: BTreeSet<String> = m
                 .store
-                .list("probe")
+                .list_stored("probe")
                 .unwrap()
                 .into_iter()
                 .map(|(id, _)| id)

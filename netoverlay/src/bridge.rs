@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
+use shoal_api::types::PortProtocol;
 use tokio::sync::Mutex;
 
 use crate::ipam::{IpamError, Pool};
@@ -58,26 +59,6 @@ fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
     move |e| NetError::Netlink(format!("{what}: {e}"))
 }
 
-/// tcp or udp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// Its name in nft and in messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
 /// A port published on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
@@ -88,7 +69,7 @@ pub struct PublishedPort {
     /// The container's port.
     pub container_port: u16,
     /// tcp or udp.
-    pub protocol: Protocol,
+    pub protocol: PortProtocol,
 }
 
 /// A container's connection to the bridge.

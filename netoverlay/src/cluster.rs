@@ -265,10 +265,7 @@ fn mesh_ports(view: &NetworkView) -> Vec<(shoal_api::types::PortConfig, Vec<Ipv4
 }
 
 fn proto_name(p: PortProtocol) -> &'static str {
-    match p {
-        PortProtocol::Tcp => "tcp",
-        PortProtocol::Udp => "udp",
-    }
+    p.as_str()
 }
 
 /// The routing mesh's nft script on the host: each port published in ingress mode goes,

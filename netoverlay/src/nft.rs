@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 
-use crate::bridge::Protocol;
+use shoal_api::types::PortProtocol;
 
 /// Errors of nftables handling.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +105,7 @@ impl Table {
         host_port: u16,
         target: Ipv4Addr,
         port: u16,
-        protocol: Protocol,
+        protocol: PortProtocol,
     ) -> Result<(), NftError> {
         let t = &self.name;
         let proto = protocol.as_str();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use crate::bridge::{NetError, Protocol, PublishedPort};
+use shoal_api::types::PortProtocol;
+
+use crate::bridge::{NetError, PublishedPort};
 
 enum Socket {
     Tcp(std::net::TcpListener),
@@ -38,8 +40,8 @@ impl Proxy {
             }
         };
         let socket = match p.protocol {
-            Protocol::Tcp => Socket::Tcp(std::net::TcpListener::bind(addr).map_err(in_use)?),
-            Protocol::Udp => Socket::Udp(std::net::UdpSocket::bind(addr).map_err(in_use)?),
+            PortProtocol::Tcp => Socket::Tcp(std::net::TcpListener::bind(addr).map_err(in_use)?),
+            PortProtocol::Udp => Socket::Udp(std::net::UdpSocket::bind(addr).map_err(in_use)?),
         };
         Ok(Proxy {
             socket: Some(socket),

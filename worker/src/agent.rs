@@ -1,6 +1,8 @@
 //! The node agent: one session with a manager's dispatcher, the node's tasks in, their
-//! status out, run on the local engine. Containers carry their task's id as a label, so a
-//! restarted agent adopts what its shims still run instead of starting tasks twice.
+//! status out, each task run by the [`crate::executor`]. Containers carry their task's id
+//! as a label, so a restarted agent adopts what its shims still run instead of starting
+//! tasks twice. A task the agent cannot read is reported rejected with the reason, and
+//! whatever container it has is left alone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,19 +10,13 @@ use std::time::Duration;
 
 use shoal_api::dispatcher as pd;
 use shoal_api::dispatcher::dispatcher_client::DispatcherClient;
-use shoal_api::engine as pb;
-use shoal_api::types::{
-    AttachmentSpec, Network, NetworkView, PortProtocol, PublishMode, Task, TaskState,
-};
+use shoal_api::types::{AttachmentSpec, Network, Task, TaskState};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 use crate::engine::{Engine, EngineError, State};
-
-/// The label that ties a container to its task.
-pub const TASK_LABEL: &str = "com.shoal.task.id";
-/// The label naming the container's service.
-pub const SERVICE_LABEL: &str = "com.shoal.service.id";
+use crate::executor::{Executor, health};
+pub use crate::executor::{SERVICE_LABEL, TASK_LABEL, remove_task_containers};
 
 /// Makes a channel to a manager: to the given address (the leader, as a manager that does
 /// not lead said), or, with none, to the next manager to try.
@@ -66,8 +62,10 @@ impl crate::engine::ClusterAttacher for Link {
                     .await
                 {
                     Ok(r) => {
-                        return serde_json::from_str(&r.into_inner().attachment_json)
-                            .map_err(|e| format!("the managers' attachment is malformed: {e}"));
+                        return r
+                            .into_inner()
+                            .attachment()
+                            .map_err(|e| format!("the managers' answer: {e}"));
                     }
                     Err(e) if e.metadata().get(shoal_api::LEADER_METADATA).is_some() => {
                         agent.redial(&e);
@@ -107,6 +105,7 @@ impl crate::engine::ClusterAttacher for Link {
 /// The agent of one node.
 pub struct Agent {
     engine: Arc<Engine>,
+    executor: Executor,
     dial: Dialer,
     news: Newsroom,
     /// Set when the agent stops: every task it spawned ends.
@@ -126,18 +125,45 @@ pub struct Agent {
     outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pd::StatusUpdate>>>,
     /// The networks the managers last told of, by id (a task's attachments name them).
     networks: std::sync::RwLock<HashMap<String, Network>>,
+    /// Assignments this agent could not read and has reported rejected, at their versions.
+    unreadable: Mutex<HashMap<String, u64>>,
 }
 
 fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::StatusUpdate {
-    pd::StatusUpdate {
-        task_id: task_id.to_string(),
-        state: serde_json::to_value(state)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-        message: message.into(),
-        ..Default::default()
+    pd::StatusUpdate::new(task_id, state, message)
+}
+
+/// An assignment set read: the tasks, and the ids of those that could not be read, with
+/// why.
+struct Assigned {
+    tasks: Vec<Task>,
+    unreadable: Vec<(String, u64, String)>,
+}
+
+fn read_assignments(set: &pd::AssignmentSet) -> Assigned {
+    let mut out = Assigned {
+        tasks: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for a in &set.tasks {
+        match a.task() {
+            Ok(t) if t.id == a.id || a.id.is_empty() => out.tasks.push(t),
+            Ok(t) => out.unreadable.push((
+                a.id.clone(),
+                a.version,
+                format!(
+                    "the assignment names task {} but carries task {}",
+                    a.id, t.id
+                ),
+            )),
+            Err(e) => out.unreadable.push((
+                a.id.clone(),
+                a.version,
+                format!("this node cannot read the task ({e}): is it running an older shoal?"),
+            )),
+        }
     }
+    out
 }
 
 impl Agent {
@@ -151,6 +177,7 @@ impl Agent {
     ) -> Arc<Agent> {
         let (outbox, rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Agent {
+            executor: Executor::new(engine.clone()),
             engine,
             channel: std::sync::RwLock::new(dial(None)),
             dial,
@@ -164,6 +191,7 @@ impl Agent {
             outbox,
             outbox_rx: Mutex::new(Some(rx)),
             networks: Default::default(),
+            unreadable: Default::default(),
         })
     }
 
@@ -252,30 +280,32 @@ impl Agent {
             .max_encoding_message_size(shoal_api::MAX_MESSAGE);
         let mut stream = client.assignments(self.session.clone()).await?.into_inner();
         while let Some(set) = stream.message().await? {
-            // The networks first: a task starting below joins them.
-            let views: Vec<NetworkView> = if set.networks_json.is_empty() {
-                Vec::new()
-            } else {
-                serde_json::from_str(&set.networks_json).unwrap_or_else(|e| {
-                    tracing::warn!("the managers' network views are malformed: {e}");
-                    Vec::new()
-                })
-            };
-            {
-                let mut known = self.networks.write().unwrap_or_else(|e| e.into_inner());
-                for v in &views {
-                    known.insert(v.network.id.clone(), v.network.clone());
+            // The networks first: a task starting below joins them. Views that cannot be
+            // read leave the networks as they are (tearing them down would cut tasks off).
+            match set.networks() {
+                Ok(views) => {
+                    {
+                        let mut known = self.networks.write().unwrap_or_else(|e| e.into_inner());
+                        for v in &views {
+                            known.insert(v.network.id.clone(), v.network.clone());
+                        }
+                    }
+                    self.engine
+                        .set_network_views(&self.session.node_id, views)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::error!("the managers' network views: {e}; networks left as they are")
                 }
             }
-            self.engine
-                .set_network_views(&self.session.node_id, views)
-                .await;
-            let tasks: Vec<Task> = set
-                .tasks
+            let assigned = read_assignments(&set);
+            let mut updates = self.reject_unreadable(&assigned.unreadable).await;
+            let keep: HashSet<&str> = assigned
+                .unreadable
                 .iter()
-                .filter_map(|a| serde_json::from_str(&a.json).ok())
+                .map(|(id, _, _)| id.as_str())
                 .collect();
-            let updates = self.reconcile(&tasks).await;
+            updates.extend(self.reconcile(&assigned.tasks, &keep).await);
             if !updates.is_empty() {
                 client
                     .update_status(pd::StatusBatch {
@@ -365,10 +395,38 @@ impl Agent {
         }
     }
 
-    /// Brings the engine in line with the assigned tasks; returns status to report.
-    async fn reconcile(self: &Arc<Self>, tasks: &[Task]) -> Vec<pd::StatusUpdate> {
+    /// Reports each unreadable assignment rejected, once per version.
+    async fn reject_unreadable(
+        &self,
+        unreadable: &[(String, u64, String)],
+    ) -> Vec<pd::StatusUpdate> {
+        let mut told = self.unreadable.lock().await;
+        told.retain(|id, _| unreadable.iter().any(|(u, _, _)| u == id));
+        let mut out = Vec::new();
+        for (id, version, why) in unreadable {
+            if id.is_empty() || told.get(id) == Some(version) {
+                continue;
+            }
+            tracing::error!(task = %id, "rejecting an assignment: {why}");
+            told.insert(id.clone(), *version);
+            out.push(update(id, TaskState::Rejected, why.clone()));
+        }
+        out
+    }
+
+    /// Brings the engine in line with the assigned tasks; returns status to report. The
+    /// containers of tasks in `keep` (assigned, but unreadable) are left alone.
+    async fn reconcile(
+        self: &Arc<Self>,
+        tasks: &[Task],
+        keep: &HashSet<&str>,
+    ) -> Vec<pd::StatusUpdate> {
         let mut updates = Vec::new();
-        let assigned: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let assigned: HashSet<&str> = tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .chain(keep.iter().copied())
+            .collect();
         // Starts in flight, read before what the engine holds: only reconcile starts
         // tasks, so a task not in flight now has no start racing with the decisions below
         // (a start that ends while this runs would otherwise look like none, or like a
@@ -394,7 +452,7 @@ impl Agent {
                     Some((c, true)) if self.stopping.lock().await.insert(t.id.clone()) => {
                         let (agent, c, id) = (self.clone(), c.clone(), t.id.clone());
                         self.spawn(async move {
-                            let _ = agent.engine.stop(&c, None).await;
+                            let _ = agent.executor.shutdown(&c).await;
                             agent.report(vec![update(&id, TaskState::Shutdown, "shut down")]);
                         });
                     }
@@ -422,7 +480,7 @@ impl Agent {
                 // replacement.
                 let (agent, c) = (self.clone(), c.clone());
                 self.spawn(async move {
-                    let _ = agent.engine.stop(&c, None).await;
+                    let _ = agent.executor.shutdown(&c).await;
                 });
                 continue;
             }
@@ -443,11 +501,11 @@ impl Agent {
                     continue;
                 }
                 Some((r, State::Exited { .. })) => {
-                    updates.push(exit_update(&t.id, r));
+                    updates.push(exit_update(&t.id, &crate::executor::exit_of(r)));
                     continue;
                 }
                 Some((r, State::Created)) => {
-                    let _ = self.engine.remove(&r.id, true).await;
+                    let _ = self.executor.remove(&r.id).await;
                 }
                 None => {}
             }
@@ -486,94 +544,21 @@ impl Agent {
         for (task, (c, _)) in &held {
             if !assigned.contains(task.as_str()) {
                 self.stopping.lock().await.insert(task.clone());
-                let _ = self.engine.remove(c, true).await;
+                let _ = self.executor.remove(c).await;
             }
         }
         updates
     }
 
+    /// Prepares and starts `t`'s container; returns its id.
     async fn start(&self, t: &Task) -> Result<String, EngineError> {
-        let spec = &t.spec;
-        let mut labels = std::collections::HashMap::new();
-        labels.insert(TASK_LABEL.to_string(), t.id.clone());
-        labels.insert(SERVICE_LABEL.to_string(), t.service_id.clone());
-        let short: String = t.id.chars().take(12).collect();
-        let name = if t.slot > 0 {
-            format!("{}.{}.{short}", spec.name, t.slot)
-        } else {
-            format!(
-                "{}.{}.{short}",
-                spec.name,
-                t.node_id.chars().take(12).collect::<String>()
-            )
-        };
-        let attachments = {
+        let spec = {
             let known = self.networks.read().unwrap_or_else(|e| e.into_inner());
-            t.networks
-                .iter()
-                .map(|a| {
-                    let network = known.get(&a.network_id).cloned().ok_or_else(|| {
-                        EngineError::Invalid(format!(
-                            "network {} is not known on this node yet: the managers have not told of it",
-                            a.network_id
-                        ))
-                    })?;
-                    Ok(serde_json::to_string(&AttachmentSpec {
-                        network,
-                        addr: a.addr.clone(),
-                    })
-                    .unwrap_or_default())
-                })
-                .collect::<Result<Vec<String>, EngineError>>()?
+            self.executor
+                .prepare(t, &known)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?
         };
-        let record = self
-            .engine
-            .create(pb::ContainerSpec {
-                image: spec.image.clone(),
-                name,
-                cmd: spec.command.clone(),
-                env: spec.env.clone(),
-                network: "bridge".into(),
-                resources: Some(pb::Resources {
-                    memory_bytes: spec.limits.memory_bytes,
-                    nano_cpus: spec.limits.nano_cpus,
-                    pids_limit: spec.pids_limit,
-                }),
-                stop_signal: spec.stop_signal.clone(),
-                stop_timeout_secs: spec
-                    .stop_grace_period_ms
-                    .map(|ms| ms.div_ceil(1000) as i64)
-                    .unwrap_or(-1),
-                // Ports published in ingress mode are the routing mesh's, on every node.
-                ports: t
-                    .ports
-                    .iter()
-                    .filter(|p| p.mode == PublishMode::Host)
-                    .map(|p| pb::PortMapping {
-                        host_ip: String::new(),
-                        host_port: p.published.into(),
-                        container_port: p.target.into(),
-                        protocol: match p.protocol {
-                            PortProtocol::Tcp => "tcp".into(),
-                            PortProtocol::Udp => "udp".into(),
-                        },
-                    })
-                    .collect(),
-                attachments,
-                labels,
-                ..Default::default()
-            })
-            .await?;
-        if let Err(e) = self.engine_start(&record.id).await {
-            let _ = self.engine.remove(&record.id, true).await;
-            return Err(e);
-        }
-        Ok(record.id)
-    }
-
-    async fn engine_start(&self, id: &str) -> Result<(), EngineError> {
-        // Engine::start takes an Arc; the agent holds one.
-        self.engine.clone().start_arc(id).await
+        self.executor.start(spec).await
     }
 
     /// Runs the health check in the container until it exits; after `retries` failures
@@ -590,148 +575,42 @@ impl Agent {
             if !agent.checked.lock().await.insert(task_id.clone()) {
                 return; // already checked
             }
-            agent.run_health_check(&task_id, &container, &h).await;
+            let healthy = || {
+                // From now on the task gets traffic (VIPs, DNS, the mesh).
+                let mut u = update(&task_id, TaskState::Running, "healthy");
+                u.health = "healthy".into();
+                agent.report(vec![u]);
+            };
+            let verdict = health::watch(&agent.engine, &container, &h, healthy).await;
+            if let health::Verdict::Unhealthy(message) = verdict {
+                agent.stopping.lock().await.insert(task_id.clone());
+                agent.report(vec![update(&task_id, TaskState::Failed, message)]);
+                let _ = agent.executor.shutdown(&container).await;
+            }
             agent.checked.lock().await.remove(&task_id);
         });
-    }
-
-    async fn run_health_check(
-        self: &Arc<Self>,
-        task_id: &str,
-        container: &str,
-        h: &shoal_api::types::HealthCheck,
-    ) {
-        let agent = self;
-        {
-            let started = tokio::time::Instant::now();
-            let mut failures = 0u32;
-            let mut told_healthy = false;
-            loop {
-                tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
-                let running = agent
-                    .engine
-                    .inspect(container)
-                    .map(|r| r.is_running())
-                    .unwrap_or(false);
-                if !running {
-                    return;
-                }
-                let opts = crate::engine::ExecOptions {
-                    cmd: vec!["sh".into(), "-c".into(), h.command.clone()],
-                    ..Default::default()
-                };
-                let healthy = match agent.engine.exec(container, opts).await {
-                    Ok(mut rx) => {
-                        let run = async {
-                            let mut code = 1;
-                            while let Some(chunk) = rx.recv().await {
-                                if let crate::engine::ExecChunk::Exit(c) = chunk {
-                                    code = c;
-                                }
-                            }
-                            code
-                        };
-                        matches!(
-                            tokio::time::timeout(Duration::from_millis(h.timeout_ms), run).await,
-                            Ok(0)
-                        )
-                    }
-                    Err(_) => false,
-                };
-                if healthy {
-                    failures = 0;
-                    if !told_healthy {
-                        // From now on the task gets traffic (VIPs, DNS, the mesh).
-                        told_healthy = true;
-                        let mut u = update(task_id, TaskState::Running, "healthy");
-                        u.health = "healthy".into();
-                        agent.report(vec![u]);
-                    }
-                    continue;
-                }
-                if started.elapsed() < Duration::from_millis(h.start_period_ms) {
-                    continue;
-                }
-                failures += 1;
-                if failures >= h.retries {
-                    agent.stopping.lock().await.insert(task_id.to_string());
-                    agent.report(vec![update(
-                        task_id,
-                        TaskState::Failed,
-                        format!(
-                            "unhealthy: \"{}\" failed {failures} times in a row",
-                            h.command
-                        ),
-                    )]);
-                    let _ = agent.engine.stop(container, None).await;
-                    return;
-                }
-            }
-        }
     }
 
     /// Reports the container's exit when it comes.
     fn watch(self: &Arc<Self>, task_id: String, container: String) {
         let agent = self.clone();
         self.spawn(async move {
-            if agent.engine.wait(&container).await.is_err() {
+            let Some(exit) = agent.executor.wait(&container).await else {
                 return;
-            }
+            };
             // A container stopped on purpose is reported as shut down by reconcile.
             if agent.stopping.lock().await.remove(&task_id) {
                 return;
             }
-            if let Ok(record) = agent.engine.inspect(&container) {
-                agent.report(vec![exit_update(&task_id, &record)]);
-            }
+            agent.report(vec![exit_update(&task_id, &exit)]);
         });
     }
 }
 
-/// The status of a task whose container has ended: complete on exit code 0, failed
-/// otherwise (with the code, the OOM killer, or the engine's error).
-fn exit_update(task_id: &str, record: &crate::engine::ContainerRecord) -> pd::StatusUpdate {
-    let (code, oom, error) = match &record.state {
-        State::Exited {
-            exit_code,
-            oom_killed,
-            error,
-            ..
-        } => (*exit_code, *oom_killed, error.as_str()),
-        _ => (-1, false, ""),
-    };
-    let (state, message) = if code == 0 {
-        (TaskState::Complete, "finished".to_string())
-    } else if oom {
-        (
-            TaskState::Failed,
-            format!("exit code {code} (out of memory)"),
-        )
-    } else if !error.is_empty() {
-        (TaskState::Failed, format!("exit code {code}: {error}"))
-    } else {
-        (TaskState::Failed, format!("exit code {code}"))
-    };
-    let mut u = update(task_id, state, message);
+/// The status of a task whose container has ended.
+fn exit_update(task_id: &str, exit: &crate::executor::Exit) -> pd::StatusUpdate {
+    let mut u = update(task_id, exit.state, exit.message.clone());
     u.exited = true;
-    u.exit_code = code;
+    u.exit_code = exit.code;
     u
-}
-
-/// Stops (each with its grace period) and removes every container of a task on this
-/// node: what leaving the cluster leaves behind.
-pub async fn remove_task_containers(engine: &Engine) {
-    let tasks: Vec<String> = engine
-        .list(true)
-        .into_iter()
-        .filter(|r| r.spec.labels.contains_key(TASK_LABEL))
-        .map(|r| r.id)
-        .collect();
-    futures::future::join_all(tasks.iter().map(|id| async move {
-        let _ = engine.stop(id, None).await;
-        if let Err(e) = engine.remove(id, true).await {
-            tracing::warn!("removing container {id}: {e}");
-        }
-    }))
-    .await;
 }

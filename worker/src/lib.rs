@@ -6,12 +6,15 @@
 //! - [`cgroups`]: resource limits on the v1 and v2 layouts.
 //! - [`security`]: capabilities and the default seccomp profile.
 //! - [`engine`]: container lifecycle, tying the pieces together.
+//! - [`executor`]: a task's steps on the engine (prepare, start, wait, shutdown, remove).
+//! - [`agent`]: the node's session with the managers, running its tasks.
 //! - [`daemon`]: the engine's gRPC service on the local socket.
 
 pub mod agent;
 pub mod cgroups;
 pub mod daemon;
 pub mod engine;
+pub mod executor;
 pub mod image;
 pub mod logs;
 pub mod reexec;

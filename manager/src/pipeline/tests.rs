@@ -3,11 +3,18 @@
 
 use std::sync::Arc;
 
-use shoal_api::types::{NodeAvailability, PublishMode, ResourceAmounts, ServiceSpec};
+use shoal_api::types::{NodeAvailability, PublishMode, Service, ServiceSpec};
 
 use super::*;
 use crate::cluster::Timings;
-use crate::store::CommandResult;
+use crate::store::{Command, Object};
+use crate::testing::node;
+/// The kinds' names, as the tests wrote them before the store was typed.
+mod kinds {
+    pub const SERVICE: &str = "service";
+    pub const TASK: &str = "task";
+    pub const NODE: &str = "node";
+}
 
 async fn store() -> (tempfile::TempDir, Arc<ClusterStore>) {
     let dir = tempfile::tempdir().unwrap();
@@ -18,40 +25,22 @@ async fn store() -> (tempfile::TempDir, Arc<ClusterStore>) {
     (dir, Arc::new(s))
 }
 
-async fn put<T: serde::Serialize>(s: &ClusterStore, kind: &str, id: &str, value: &T) {
-    let r = s
-        .write(Command::Put {
-            kind: kind.into(),
-            id: id.into(),
-            value: serde_json::to_value(value).unwrap(),
-            expected_version: None,
-        })
-        .await
-        .unwrap();
+async fn put<T: Object>(s: &ClusterStore, kind: &str, id: &str, value: &T) {
+    assert_eq!((kind, id), (T::KIND, value.id()));
+    let r = s.apply(Write::overwrite(value.clone())).await.unwrap();
     assert!(matches!(r, CommandResult::Applied(_)));
 }
 
-fn node(id: &str) -> Node {
-    Node {
-        id: id.into(),
-        hostname: id.into(),
-        manager: false,
-        ready: true,
-        status_message: String::new(),
-        availability: NodeAvailability::Active,
-        labels: Default::default(),
-        os: "linux".into(),
-        arch: "x86_64".into(),
-        resources: ResourceAmounts {
-            nano_cpus: 2_000_000_000,
-            memory_bytes: 1 << 30,
-        },
-        addr: String::new(),
-        desired_role: None,
-        certs_since: 0,
-        data_addr: String::new(),
-        ingress_addr: String::new(),
-    }
+fn load<T: Object>(s: &ClusterStore, kind: &str) -> Result<Vec<(T, u64)>, ClusterError> {
+    assert_eq!(kind, T::KIND);
+    Ok(s.list::<T>()?
+        .into_iter()
+        .map(|v| (v.value, v.version))
+        .collect())
+}
+
+fn put_task(t: &Task, version: u64) -> Command {
+    Write::update(t.clone(), version).encode().unwrap()
 }
 
 fn service(replicas: u64) -> Service {

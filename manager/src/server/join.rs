@@ -16,8 +16,10 @@ use shoal_api::raft::join_client::JoinClient;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use shoal_api::cluster::{JoinToken, MANAGER_NAME, parse_addr};
+
 use super::{JOINED_MARK, Manager, ManagerService, Start, client_tls};
-use crate::ca::{JoinToken, MANAGER_NAME, Role, fingerprint_der};
+use crate::ca::{Role, fingerprint_der};
 use crate::port::NodeTls;
 
 /// Accepts a server whose chain carries the CA with the pinned fingerprint and whose
@@ -169,7 +171,7 @@ impl ManagerService {
     }
 
     /// `shoal join`: see the module's comment.
-    pub(super) async fn join_cluster(
+    pub(super) async fn join_cluster_here(
         &self,
         req: pc::JoinClusterRequest,
     ) -> Result<pc::JoinClusterReply, Status> {
@@ -180,17 +182,17 @@ impl ManagerService {
         }
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let remote = crate::port::parse_addr("the manager address", &req.remote_addr)
+        let remote = parse_addr("the manager address", &req.remote_addr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let listen = match req.listen_addr.as_str() {
             "" => self.port_defaults.listen,
-            a => crate::port::parse_addr("--listen-addr", a)
+            a => parse_addr("--listen-addr", a)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?,
         };
         let advertise = match req.advertise_addr.as_str() {
             "" => self.port_defaults.advertise,
             a => Some(
-                crate::port::parse_addr("--advertise-addr", a)
+                parse_addr("--advertise-addr", a)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             ),
         };
@@ -338,10 +340,18 @@ pub(super) fn save_managers(dir: &std::path::Path, managers: &[String]) -> Resul
     std::fs::write(managers_path(dir), text).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// The managers' addresses a joined node remembers.
+/// The managers' addresses a joined node remembers (none saved: none; a damaged file is
+/// said, and read as none: the node then waits for a manager to be named again).
 pub(super) fn load_managers(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read(managers_path(dir))
-        .ok()
-        .and_then(|raw| serde_json::from_slice(&raw).ok())
-        .unwrap_or_default()
+    let path = managers_path(dir);
+    let Ok(raw) = std::fs::read(&path) else {
+        return Vec::new();
+    };
+    serde_json::from_slice(&raw).unwrap_or_else(|e| {
+        tracing::warn!(
+            "{} is damaged ({e}): no manager to dial until one is named",
+            path.display()
+        );
+        Vec::new()
+    })
 }

@@ -9,10 +9,12 @@ use shoal_api::raft::raft_server::Raft;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::{Request, Response, Status};
 
-use super::{CLUSTER_ID, ClusterRecord, ManagerService, internal, raft_id};
-use crate::ca::{JoinToken, Role, same_secret};
+use shoal_api::cluster::{JoinToken, raft_id};
+
+use super::{ManagerService, internal};
+use crate::ca::{Role, same_secret};
 use crate::cluster::grpcnet::deliver;
-use crate::pipeline::kinds;
+use crate::objects::{CLUSTER_ID, ClusterRecord, RemovedNode};
 use crate::port::NodeTls;
 
 pub use shoal_api::LEADER_METADATA as LEADER_KEY;
@@ -97,13 +99,16 @@ impl Join for ManagerService {
         let req = r.into_inner();
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let Some(v) = m.store.get(kinds::CLUSTER, CLUSTER_ID).map_err(internal)? else {
+        let Some(record) = m
+            .store
+            .get::<ClusterRecord>(CLUSTER_ID)
+            .map_err(internal)?
+            .map(|v| v.value)
+        else {
             return Err(Status::unavailable(
                 "this manager has no cluster CA yet: try again in a moment",
             ));
         };
-        let record: ClusterRecord =
-            serde_json::from_value(v.value).map_err(|e| Status::internal(e.to_string()))?;
         let fingerprint = record
             .ca
             .fingerprint()
@@ -144,10 +149,9 @@ impl Join for ManagerService {
         // A node that left (or was removed) gets a certificate newer than its tombstone.
         let since = m
             .store
-            .get(kinds::REMOVED_NODE, &req.node_id)
+            .get::<RemovedNode>(&req.node_id)
             .map_err(internal)?
-            .and_then(|v| v.value["removed_at"].as_u64())
-            .unwrap_or(0);
+            .map_or(0, |v| v.value.removed_at);
         let cert_pem = record
             .ca
             .issue_since(&req.csr_pem, &req.node_id, role, since)

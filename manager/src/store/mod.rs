@@ -2,6 +2,9 @@
 //! persisted in redb. openraft stays behind this module's own types (`Command`,
 //! `CommandResult`, `ObjectEvent`), so moving to openraft 0.10 is a local change.
 //!
+//! Above the log's JSON commands sits the typed layer everything else uses: [`Object`]
+//! kinds, [`Versioned`] values, [`Write`]s and one [`Snapshot`] per pipeline pass.
+//!
 //! Every object carries `version` = the Raft index of its last write; a write may name the
 //! version it read and fails if the object moved (optimistic concurrency). Applied changes
 //! go out on a broadcast channel, so components follow the store instead of polling it.
@@ -11,14 +14,20 @@
 #![allow(clippy::result_large_err)]
 
 mod log;
+mod object;
+mod snapshot;
 mod state_machine;
+mod watch;
 
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::log::LogStore;
-pub use self::state_machine::StateMachine;
+pub use self::object::{AnyObject, Kind, Object, ObjectError, Versioned, Write};
+pub use self::snapshot::{PENDING, Snapshot, coalesce};
+pub use self::state_machine::{Held, StateMachine};
+pub use self::watch::{Change, Watch};
 
 openraft::declare_raft_types!(
     /// shoal's Raft types.
@@ -84,9 +93,9 @@ pub enum CommandResult {
     None,
 }
 
-/// A stored object with its version.
+/// An object as the log and redb keep it: its encoding, with its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versioned {
+pub struct Stored {
     /// The Raft index of its last write.
     pub version: u64,
     /// The object.
@@ -94,7 +103,7 @@ pub struct Versioned {
 }
 
 /// A change applied to the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ObjectEvent {
     /// Created or updated.
     Put {
@@ -102,8 +111,10 @@ pub enum ObjectEvent {
         kind: String,
         /// Object id.
         id: String,
-        /// The object as written.
-        object: Versioned,
+        /// The Raft index of the write.
+        version: u64,
+        /// The object as written (decoded, for registered kinds).
+        object: Held,
     },
     /// Deleted.
     Deleted {

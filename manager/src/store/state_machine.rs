@@ -1,9 +1,10 @@
 //! The state machine: versioned objects in redb (table `objects`, key `kind/id`), with the
 //! last applied log id and the membership beside them, and the current snapshot kept whole.
-//! Every object is also kept decoded in memory, so that reads (the leader reads the whole
-//! store on every pass) parse no JSON.
+//! Every object is also kept in memory decoded as its registered type
+//! ([`crate::objects::KINDS`]), so that reads (the leader takes a snapshot of the whole
+//! store on every pass) parse no JSON and share the values.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::{Command, CommandResult, ObjectEvent, TypeConfig, Versioned};
+use super::object::{AnyObject, ObjectError};
+use super::snapshot::Snapshot as StoreSnapshot;
+use super::{Command, CommandResult, Object, ObjectEvent, Stored, TypeConfig, Versioned};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -40,8 +43,76 @@ fn ws<E: std::error::Error + 'static>(e: E) -> StorageError<u64> {
 struct SnapshotData {
     last_applied: Option<LogId<u64>>,
     membership: Membership,
-    objects: Vec<(String, Versioned)>,
+    objects: Vec<(String, Stored)>,
 }
+
+/// An object as the state machine holds it in memory.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// Decoded as its kind's type.
+    Typed(Arc<dyn AnyObject>),
+    /// Of a kind no type is registered for: kept as written.
+    Raw(Arc<serde_json::Value>),
+    /// Of a registered kind, but it does not decode as its type.
+    Malformed {
+        /// As written.
+        raw: Arc<serde_json::Value>,
+        /// The decoder's complaint.
+        error: String,
+    },
+}
+
+impl Held {
+    /// Decodes a stored value of `kind`.
+    fn decode(kind: &str, value: serde_json::Value) -> Held {
+        match crate::objects::KINDS.iter().find(|k| k.name == kind) {
+            None => Held::Raw(Arc::new(value)),
+            Some(k) => match k.decode(value.clone()) {
+                Ok(object) => Held::Typed(object),
+                Err(error) => Held::Malformed {
+                    raw: Arc::new(value),
+                    error,
+                },
+            },
+        }
+    }
+
+    /// The stored encoding.
+    fn raw(&self) -> std::result::Result<serde_json::Value, ObjectError> {
+        match self {
+            Held::Typed(o) => o.encode(),
+            Held::Raw(v) | Held::Malformed { raw: v, .. } => Ok(v.as_ref().clone()),
+        }
+    }
+
+    /// The value as a `T` (an object of `T`'s kind that does not decode is an error).
+    fn typed<T: Object>(&self, id: &str) -> std::result::Result<T, ObjectError> {
+        let malformed = |message: String| ObjectError::Malformed {
+            kind: T::KIND.to_string(),
+            id: id.to_string(),
+            message,
+        };
+        match self {
+            Held::Typed(o) => o
+                .as_any()
+                .downcast_ref::<T>()
+                .cloned()
+                .ok_or_else(|| malformed(format!("it is a {}", o.kind()))),
+            Held::Malformed { error, .. } => Err(malformed(error.clone())),
+            Held::Raw(_) => Err(malformed(format!("{} is not a registered kind", T::KIND))),
+        }
+    }
+}
+
+/// One object in memory.
+#[derive(Debug, Clone)]
+struct CacheEntry {
+    version: u64,
+    held: Held,
+}
+
+/// The objects in memory: kind, then id.
+type Cache = HashMap<String, BTreeMap<String, CacheEntry>>;
 
 /// The state machine; clones share the database and the event channel.
 #[derive(Clone)]
@@ -49,12 +120,31 @@ pub struct StateMachine {
     db: Arc<Database>,
     events: broadcast::Sender<ObjectEvent>,
     snapshots: Arc<AtomicU64>,
-    /// The objects table, decoded: key `kind/id`.
-    cache: Arc<RwLock<BTreeMap<String, Versioned>>>,
+    /// The objects table, decoded.
+    cache: Arc<RwLock<Cache>>,
 }
 
 fn key(kind: &str, id: &str) -> String {
     format!("{kind}/{id}")
+}
+
+/// Fills `cache` from `objects` (key `kind/id`).
+fn load_cache(objects: impl IntoIterator<Item = (String, Stored)>) -> Cache {
+    let mut cache = Cache::new();
+    for (k, v) in objects {
+        let Some((kind, id)) = k.split_once('/') else {
+            continue;
+        };
+        let held = Held::decode(kind, v.value);
+        cache.entry(kind.to_string()).or_default().insert(
+            id.to_string(),
+            CacheEntry {
+                version: v.version,
+                held,
+            },
+        );
+    }
+    cache
 }
 
 impl StateMachine {
@@ -66,17 +156,18 @@ impl StateMachine {
         tx.open_table(SM_META)?;
         tx.open_table(SNAPSHOT)?;
         tx.commit()?;
-        let mut cache = BTreeMap::new();
+        let mut stored = Vec::new();
         {
             let tx = db.begin_read()?;
             let t = tx.open_table(OBJECTS)?;
             for item in t.iter()? {
                 let (k, v) = item?;
-                let object: Versioned = serde_json::from_slice(v.value())
+                let object: Stored = serde_json::from_slice(v.value())
                     .map_err(|e| redb::Error::Corrupted(format!("object {}: {e}", k.value())))?;
-                cache.insert(k.value().to_string(), object);
+                stored.push((k.value().to_string(), object));
             }
         }
+        let cache = load_cache(stored);
         Ok(StateMachine {
             db: Arc::new(db),
             events: broadcast::channel(4096).0,
@@ -85,11 +176,11 @@ impl StateMachine {
         })
     }
 
-    fn cache(&self) -> RwLockReadGuard<'_, BTreeMap<String, Versioned>> {
+    fn cache(&self) -> RwLockReadGuard<'_, Cache> {
         self.cache.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn cache_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Versioned>> {
+    fn cache_mut(&self) -> RwLockWriteGuard<'_, Cache> {
         self.cache.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -98,34 +189,112 @@ impl StateMachine {
         self.events.subscribe()
     }
 
-    /// Reads one object.
-    pub fn get(&self, kind: &str, id: &str) -> Result<Option<Versioned>> {
-        Ok(self.cache().get(&key(kind, id)).cloned())
-    }
-
-    /// Every object of a kind, by id.
-    pub fn list(&self, kind: &str) -> Result<Vec<(String, Versioned)>> {
-        let prefix = format!("{kind}/");
+    /// Reads one object as stored.
+    pub fn get(&self, kind: &str, id: &str) -> std::result::Result<Option<Stored>, ObjectError> {
         let cache = self.cache();
-        let mut out = Vec::new();
-        for (k, v) in cache.range(prefix.clone()..) {
-            let Some(id) = k.strip_prefix(&prefix) else {
-                break;
-            };
-            out.push((id.to_string(), v.clone()));
-        }
-        Ok(out)
+        let Some(e) = cache.get(kind).and_then(|m| m.get(id)) else {
+            return Ok(None);
+        };
+        Ok(Some(Stored {
+            version: e.version,
+            value: e.held.raw()?,
+        }))
     }
 
-    /// Every object: (kind, id, object).
-    pub fn all(&self) -> Vec<(String, String, Versioned)> {
-        self.cache()
-            .iter()
-            .filter_map(|(k, v)| {
-                let (kind, id) = k.split_once('/')?;
-                Some((kind.to_string(), id.to_string(), v.clone()))
+    /// Every object of a kind as stored, by id.
+    pub fn list(&self, kind: &str) -> std::result::Result<Vec<(String, Stored)>, ObjectError> {
+        let cache = self.cache();
+        let Some(m) = cache.get(kind) else {
+            return Ok(Vec::new());
+        };
+        m.iter()
+            .map(|(id, e)| {
+                Ok((
+                    id.clone(),
+                    Stored {
+                        version: e.version,
+                        value: e.held.raw()?,
+                    },
+                ))
             })
             .collect()
+    }
+
+    /// Reads one object of kind `T`.
+    pub fn get_typed<T: Object>(
+        &self,
+        id: &str,
+    ) -> std::result::Result<Option<Versioned<T>>, ObjectError> {
+        let cache = self.cache();
+        let Some(e) = cache.get(T::KIND).and_then(|m| m.get(id)) else {
+            return Ok(None);
+        };
+        Ok(Some(Versioned {
+            version: e.version,
+            value: e.held.typed(id)?,
+        }))
+    }
+
+    /// Every object of kind `T`, by id.
+    pub fn list_typed<T: Object>(&self) -> std::result::Result<Vec<Versioned<T>>, ObjectError> {
+        let cache = self.cache();
+        let Some(m) = cache.get(T::KIND) else {
+            return Ok(Vec::new());
+        };
+        m.iter()
+            .map(|(id, e)| {
+                Ok(Versioned {
+                    version: e.version,
+                    value: e.held.typed(id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every object of the registered kinds, shared with the cache: what the pipeline
+    /// reads in one pass. An object that does not decode fails the snapshot.
+    pub fn snapshot(&self) -> std::result::Result<StoreSnapshot, ObjectError> {
+        let cache = self.cache();
+        let mut snap = StoreSnapshot::default();
+        for kind in crate::objects::KINDS {
+            let Some(m) = cache.get(kind.name) else {
+                continue;
+            };
+            for (id, e) in m {
+                match &e.held {
+                    Held::Typed(o) => snap.insert_shared(o.clone(), e.version),
+                    Held::Malformed { error, .. } => {
+                        return Err(ObjectError::Malformed {
+                            kind: kind.name.to_string(),
+                            id: id.clone(),
+                            message: error.clone(),
+                        });
+                    }
+                    Held::Raw(_) => {}
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Every object as stored: (kind, id, object).
+    pub fn all(&self) -> std::result::Result<Vec<(String, String, Stored)>, ObjectError> {
+        let cache = self.cache();
+        let mut out = Vec::new();
+        for (kind, m) in cache.iter() {
+            for (id, e) in m {
+                out.push((
+                    kind.clone(),
+                    id.clone(),
+                    Stored {
+                        version: e.version,
+                        value: e.held.raw()?,
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>> {
@@ -166,7 +335,7 @@ impl StateMachine {
             if let Some(expected) = expected {
                 let actual = match t.get(key(kind, id).as_str()).map_err(ws)? {
                     Some(v) => {
-                        serde_json::from_slice::<Versioned>(v.value())
+                        serde_json::from_slice::<Stored>(v.value())
                             .map_err(ws)?
                             .version
                     }
@@ -188,7 +357,7 @@ impl StateMachine {
                 Command::Put {
                     kind, id, value, ..
                 } => {
-                    let object = Versioned {
+                    let object = Stored {
                         version: index,
                         value: value.clone(),
                     };
@@ -199,7 +368,8 @@ impl StateMachine {
                     events.push(ObjectEvent::Put {
                         kind: kind.clone(),
                         id: id.clone(),
-                        object,
+                        version: index,
+                        object: Held::decode(kind, object.value),
                     });
                 }
                 Command::Delete { kind, id, .. } => {
@@ -335,11 +505,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut cache = self.cache_mut();
             for e in &events {
                 match e {
-                    ObjectEvent::Put { kind, id, object } => {
-                        cache.insert(key(kind, id), object.clone());
+                    ObjectEvent::Put {
+                        kind,
+                        id,
+                        version,
+                        object,
+                    } => {
+                        cache.entry(kind.clone()).or_default().insert(
+                            id.clone(),
+                            CacheEntry {
+                                version: *version,
+                                held: object.clone(),
+                            },
+                        );
                     }
                     ObjectEvent::Deleted { kind, id, .. } => {
-                        cache.remove(&key(kind, id));
+                        if let Some(m) = cache.get_mut(kind) {
+                            m.remove(id);
+                        }
                     }
                     ObjectEvent::Reset => {}
                 }
@@ -384,7 +567,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             m.insert("membership", mem.as_slice()).map_err(ws)?;
         }
         tx.commit().map_err(ws)?;
-        *self.cache_mut() = data.objects.into_iter().collect();
+        *self.cache_mut() = load_cache(data.objects);
         self.save_snapshot(meta, &raw)?;
         let _ = self.events.send(ObjectEvent::Reset);
         Ok(())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::Stream;
 use shoal_api::engine as pb;
 use shoal_api::engine::containers_server::Containers;
+use shoal_api::types::ContainerSpec;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -75,7 +76,7 @@ fn summary(r: &ContainerRecord) -> pb::ContainerSummary {
         created_unix: r.created_unix_nanos / 1_000_000_000,
         started_unix: started / 1_000_000_000,
         finished_unix: finished / 1_000_000_000,
-        ports: r.spec.ports.clone(),
+        ports: r.spec.ports.iter().map(pb::PortMapping::from).collect(),
     }
 }
 
@@ -103,6 +104,7 @@ impl Containers for ContainersService {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("the request has no container spec"))?;
+        let spec = ContainerSpec::try_from(spec).map_err(|e| Status::invalid_argument(e.0))?;
         let r = self.engine.create(spec).await.map_err(status)?;
         Ok(Response::new(pb::CreateReply {
             id: r.id,
@@ -195,7 +197,7 @@ impl Containers for ContainersService {
         };
         Ok(Response::new(pb::ContainerDetail {
             summary: Some(summary(&r)),
-            spec: Some(r.spec.clone()),
+            spec: Some(pb::ContainerSpec::from(&r.spec)),
             pid,
             runtime: r.runtime.name().to_string(),
             bundle: paths.dir.display().to_string(),

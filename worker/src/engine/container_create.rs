@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use shoal_api::engine::ContainerSpec;
+use shoal_api::types::{ContainerSpec, NetworkMode};
 use tokio::sync::watch;
 
 use super::record::{ContainerRecord, State};
@@ -16,12 +16,11 @@ impl Engine {
     /// Creates a container and returns its record.
     pub async fn create(&self, mut spec: ContainerSpec) -> Result<ContainerRecord, EngineError> {
         validate(&spec)?;
-        if !matches!(spec.network.as_str(), "" | "bridge" | "host" | "none")
+        if let NetworkMode::Cluster(name) = &spec.network
             && self.attacher().is_none()
         {
             return Err(EngineError::Invalid(format!(
-                "network \"{}\" not found: use bridge, host or none (cluster networks need this node in a cluster)",
-                spec.network
+                "network \"{name}\" not found: use bridge, host or none (cluster networks need this node in a cluster)"
             )));
         }
         let images = self.images.clone();
@@ -40,9 +39,6 @@ impl Engine {
                 "no command specified: image \"{}\" has no default command; give one after the image name",
                 spec.image
             )));
-        }
-        if spec.network.is_empty() {
-            spec.network = "bridge".into();
         }
         let id = names::new_id();
         let entry = {
@@ -104,16 +100,15 @@ pub(crate) fn command_line(
     config: &oci_spec::image::ImageConfiguration,
 ) -> Vec<String> {
     let image = config.config().as_ref();
-    let entrypoint = if spec.entrypoint_set {
-        spec.entrypoint.clone()
-    } else {
-        image
+    let entrypoint = match &spec.entrypoint {
+        Some(e) => e.clone(),
+        None => image
             .and_then(|c| c.entrypoint().clone())
-            .unwrap_or_default()
+            .unwrap_or_default(),
     };
     let cmd = if !spec.cmd.is_empty() {
         spec.cmd.clone()
-    } else if spec.entrypoint_set {
+    } else if spec.entrypoint.is_some() {
         Vec::new()
     } else {
         image.and_then(|c| c.cmd().clone()).unwrap_or_default()
@@ -126,7 +121,8 @@ fn validate(spec: &ContainerSpec) -> Result<(), EngineError> {
     if spec.image.trim().is_empty() {
         return invalid("no image given: name one, for example \"busybox\"".into());
     }
-    if let Some(r) = &spec.resources {
+    {
+        let r = &spec.resources;
         if r.memory_bytes < 0 || (r.memory_bytes > 0 && r.memory_bytes < MIN_MEMORY) {
             return invalid(format!(
                 "invalid memory limit {} bytes: the minimum is 6m (6 MiB)",
@@ -150,31 +146,24 @@ fn validate(spec: &ContainerSpec) -> Result<(), EngineError> {
         }
     }
     // Other names are cluster networks, checked with the managers at start.
-    if !spec.attachments.is_empty() && matches!(spec.network.as_str(), "host" | "none") {
+    let no_namespace = matches!(spec.network, NetworkMode::Host | NetworkMode::None);
+    if !spec.attachments.is_empty() && no_namespace {
         return invalid(format!(
             "cluster networks need a network namespace of the container's own, not \"{}\"",
-            spec.network
+            spec.network.as_str()
         ));
     }
-    if !spec.ports.is_empty() && matches!(spec.network.as_str(), "host" | "none") {
+    if !spec.ports.is_empty() && no_namespace {
         return invalid(format!(
             "published ports need the bridge network, not \"{}\": drop -p, or use --network bridge",
-            spec.network
+            spec.network.as_str()
         ));
     }
-    for p in &spec.ports {
-        if p.container_port == 0 || p.container_port > 65535 || p.host_port > 65535 {
-            return invalid(format!(
-                "invalid port mapping {}:{}: ports are 1-65535",
-                p.host_port, p.container_port
-            ));
-        }
-        if !matches!(p.protocol.as_str(), "" | "tcp" | "udp") {
-            return invalid(format!(
-                "invalid protocol \"{}\" for port {}: use tcp or udp",
-                p.protocol, p.container_port
-            ));
-        }
+    if let Some(p) = spec.ports.iter().find(|p| p.container_port == 0) {
+        return invalid(format!(
+            "invalid port mapping {}:0: the container's port is 1-65535",
+            p.host_port
+        ));
     }
     crate::security::caps::resolve(&spec.cap_add, &spec.cap_drop)
         .map_err(|e| EngineError::Invalid(e.to_string()))?;

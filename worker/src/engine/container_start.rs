@@ -8,8 +8,8 @@ use std::sync::Arc;
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
-use shoal_api::types::AttachmentSpec;
-use shoal_netoverlay::bridge::{Protocol, PublishedPort};
+use shoal_api::types::{ContainerSpec, NetworkMode};
+use shoal_netoverlay::bridge::PublishedPort;
 
 use super::record::{ContainerRecord, State};
 use super::{Engine, EngineError, now_nanos, rootfs};
@@ -25,19 +25,6 @@ struct Made {
     attached: bool,
     /// The managers gave a standalone container an address on a cluster network.
     cluster_attached: bool,
-}
-
-/// The cluster networks a container spec names.
-pub(crate) fn attachments(
-    spec: &shoal_api::engine::ContainerSpec,
-) -> Result<Vec<AttachmentSpec>, EngineError> {
-    spec.attachments
-        .iter()
-        .map(|a| {
-            serde_json::from_str(a)
-                .map_err(|e| EngineError::Invalid(format!("malformed network attachment: {e}")))
-        })
-        .collect()
 }
 
 impl Engine {
@@ -159,10 +146,10 @@ impl Engine {
         );
 
         // Network.
-        let network = match spec.network.as_str() {
-            "host" => NetworkNamespace::Host,
-            "none" => NetworkNamespace::New,
-            _ => {
+        let network = match spec.network {
+            NetworkMode::Host => NetworkNamespace::Host,
+            NetworkMode::None => NetworkNamespace::New,
+            NetworkMode::Bridge | NetworkMode::Cluster(_) => {
                 let path = self.config.run_root.join("netns").join(&record.id);
                 shoal_netoverlay::netns::create(&path).map_err(|e| {
                     EngineError::Internal(format!("creating network namespace: {e}"))
@@ -172,18 +159,17 @@ impl Engine {
             }
         };
         let mut ip = String::new();
-        let mut joins = attachments(spec)?;
-        if !matches!(spec.network.as_str(), "" | "bridge" | "host" | "none") {
+        let mut joins = spec.attachments.clone();
+        if let NetworkMode::Cluster(name) = &spec.network {
             // A standalone container on an attachable cluster network.
             let attacher = self.attacher().ok_or_else(|| EngineError::StartFailed {
                 message: format!(
-                    "network {} is a cluster network and this node is not in a cluster",
-                    spec.network
+                    "network {name} is a cluster network and this node is not in a cluster"
                 ),
                 exit_code: 125,
             })?;
             let a = attacher
-                .attach(spec.network.clone(), record.id.clone(), record.name.clone())
+                .attach(name.clone(), record.id.clone(), record.name.clone())
                 .await
                 .map_err(|message| EngineError::StartFailed {
                     message,
@@ -198,7 +184,7 @@ impl Engine {
         if let NetworkNamespace::Path(path) = &network
             && bridge
         {
-            let ports = published_ports(spec)?;
+            let ports = published_ports(spec);
             let endpoint = self
                 .network
                 .attach(&record.id, path, &ports)
@@ -319,12 +305,9 @@ impl Engine {
 
     /// Undoes what a start made: network, namespace, root mount. Safe to call twice.
     pub(crate) async fn release(&self, id: &str, detach: bool) {
-        let standalone = self.find(id).is_ok_and(|e| {
-            !matches!(
-                e.snapshot().spec.network.as_str(),
-                "" | "bridge" | "host" | "none"
-            )
-        });
+        let standalone = self
+            .find(id)
+            .is_ok_and(|e| matches!(e.snapshot().spec.network, NetworkMode::Cluster(_)));
         if standalone
             && self.cluster.has(id).await
             && let Some(a) = self.attacher()
@@ -385,40 +368,22 @@ fn environment(
     out
 }
 
-fn published_ports(
-    spec: &shoal_api::engine::ContainerSpec,
-) -> Result<Vec<PublishedPort>, EngineError> {
+fn published_ports(spec: &ContainerSpec) -> Vec<PublishedPort> {
     spec.ports
         .iter()
-        .map(|p| {
-            let host_ip = if p.host_ip.is_empty() {
-                None
-            } else {
-                Some(p.host_ip.parse().map_err(|_| {
-                    EngineError::Invalid(format!(
-                        "invalid host address \"{}\" in a port mapping: use an IP address such as 127.0.0.1",
-                        p.host_ip
-                    ))
-                })?)
-            };
-            Ok(PublishedPort {
-                host_ip,
-                host_port: p.host_port as u16,
-                container_port: p.container_port as u16,
-                protocol: if p.protocol == "udp" {
-                    Protocol::Udp
-                } else {
-                    Protocol::Tcp
-                },
-            })
+        .map(|p| PublishedPort {
+            host_ip: p.host_ip,
+            host_port: p.host_port,
+            container_port: p.container_port,
+            protocol: p.protocol,
         })
         .collect()
 }
 
 /// Cgroup limits from the user's resources.
-fn resources(spec: &shoal_api::engine::ContainerSpec) -> Result<LinuxResources, EngineError> {
+fn resources(spec: &ContainerSpec) -> Result<LinuxResources, EngineError> {
     let bad = |e: oci_spec::OciSpecError| EngineError::Internal(e.to_string());
-    let r = spec.resources.unwrap_or_default();
+    let r = spec.resources;
     let mut b = LinuxResourcesBuilder::default();
     if r.memory_bytes > 0 {
         b = b.memory(
@@ -528,12 +493,12 @@ mod tests {
 
     #[test]
     fn cpus_become_a_quota() {
-        let spec = shoal_api::engine::ContainerSpec {
-            resources: Some(shoal_api::engine::Resources {
+        let spec = ContainerSpec {
+            resources: shoal_api::types::ContainerResources {
                 nano_cpus: 1_500_000_000,
                 memory_bytes: 64 << 20,
                 pids_limit: 10,
-            }),
+            },
             ..Default::default()
         };
         let r = resources(&spec).unwrap();

@@ -44,13 +44,9 @@ impl Engine {
         } else {
             parse_signal(&record.spec.stop_signal)?
         };
-        let timeout = timeout.unwrap_or_else(|| {
-            if record.spec.stop_timeout_secs >= 0 {
-                Duration::from_secs(record.spec.stop_timeout_secs as u64)
-            } else {
-                DEFAULT_STOP_TIMEOUT
-            }
-        });
+        let timeout = timeout
+            .or(record.spec.stop_timeout)
+            .unwrap_or(DEFAULT_STOP_TIMEOUT);
         send(pid, signal);
         if wait_exit(&entry, timeout).await {
             return Ok(());

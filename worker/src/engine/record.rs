@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use shoal_api::engine::ContainerSpec;
+use shoal_api::types::ContainerSpec;
 
 use super::EngineError;
 use crate::runtime::Runtime;

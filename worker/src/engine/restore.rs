@@ -72,11 +72,12 @@ impl Engine {
         for id in &live {
             if let Ok(entry) = self.find(id) {
                 let record = entry.snapshot();
-                match super::container_start::attachments(&record.spec) {
-                    Ok(a) if !a.is_empty() => {
-                        joined.push((id.clone(), self.config.run_root.join("netns").join(id), a))
-                    }
-                    _ => {}
+                if !record.spec.attachments.is_empty() {
+                    joined.push((
+                        id.clone(),
+                        self.config.run_root.join("netns").join(id),
+                        record.spec.attachments.clone(),
+                    ));
                 }
             }
         }
