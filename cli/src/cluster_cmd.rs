@@ -33,11 +33,8 @@ pub fn self_node(data_root: &Path, hostname: Option<&str>) -> anyhow::Result<Sel
     let id = match std::fs::read_to_string(&file) {
         Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
         _ => {
-            let mut buf = [0u8; 12];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+            let id = shoal_api::id::random_hex(12)
                 .map_err(|e| anyhow::anyhow!("making a node id: {e}"))?;
-            let id: String = buf.iter().map(|b| format!("{b:02x}")).collect();
             std::fs::write(&file, &id)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
             id

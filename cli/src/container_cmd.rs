@@ -383,10 +383,7 @@ where
 }
 
 fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    shoal_api::clock::now_nanos()
 }
 
 /// Our output went away (a closed pipe): nobody is left to show lines to.

@@ -435,11 +435,8 @@ async fn dev(a: dev_cmd::DevArgs) -> anyhow::Result<()> {
     let data_root = match &a.data_root {
         Some(d) => d.clone(),
         None => {
-            let mut buf = [0u8; 4];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+            let tag = shoal_api::id::random_hex(4)
                 .map_err(|e| anyhow::anyhow!("making a temporary data root: {e}"))?;
-            let tag: String = buf.iter().map(|b| format!("{b:02x}")).collect();
             std::env::temp_dir().join(format!("shoal-dev-{tag}"))
         }
     };

@@ -77,10 +77,7 @@ pub fn size(bytes: u64) -> String {
 
 /// The current Unix time in seconds.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    shoal_api::clock::now_secs() as i64
 }
 
 /// A command line shown in a table: quoted and cut to `max` characters.

@@ -237,8 +237,10 @@ impl Images for ImagesService {
         .await?;
         Ok(Response::new(pb::ImageDetail {
             summary: Some(summary(&record)),
-            config_json: serde_json::to_string(&config).unwrap_or_default(),
-            manifest_json: serde_json::to_string(&manifest).unwrap_or_default(),
+            config_json: serde_json::to_string(&config)
+                .map_err(|e| Status::internal(format!("encoding the image's config: {e}")))?,
+            manifest_json: serde_json::to_string(&manifest)
+                .map_err(|e| Status::internal(format!("encoding the image's manifest: {e}")))?,
         }))
     }
 

@@ -1,22 +1,16 @@
 //! Container ids and names: a random 64-hex-digit id, and a name the user gives or one made
 //! from two words, unique among the containers of this node.
 
-use std::io::Read;
 
 use super::EngineError;
 
 /// A new random container id.
 pub(crate) fn new_id() -> String {
-    let mut buf = [0u8; 32];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_ok();
-    if !ok {
+    shoal_api::id::random_hex(32).unwrap_or_else(|_| {
         // Fall back to time and pid; ids only need to be unique on this node.
         let seed = crate::shim::now_nanos() as u128 ^ ((std::process::id() as u128) << 64);
-        buf[..16].copy_from_slice(&seed.to_le_bytes());
-    }
-    hex::encode(buf)
+        format!("{seed:064x}")
+    })
 }
 
 /// Checks a user-given name: Docker's rule, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.

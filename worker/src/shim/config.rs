@@ -143,10 +143,7 @@ impl ExitRecord {
 
 /// Nanoseconds since the Unix epoch.
 pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    shoal_api::clock::now_nanos()
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
