@@ -1,7 +1,6 @@
 //! Container ids and names: a random 64-hex-digit id, and a name the user gives or one made
 //! from two words, unique among the containers of this node.
 
-
 use super::EngineError;
 
 /// A new random container id.
