@@ -13,64 +13,14 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
-use shoal_api::types::PortProtocol;
 use tokio::sync::Mutex;
 
-use crate::ipam::{IpamError, Pool};
-use crate::nft::{NftError, Table};
+pub use crate::error::NetError;
+use crate::ipam::Pool;
+use crate::link::nl;
+use crate::nft::Table;
+pub use crate::port::PublishedPort;
 use crate::proxy::Proxy;
-
-/// Errors of the bridge network, worded for users.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    /// A host port is taken.
-    #[error(
-        "port {port}/{protocol} is already in use on {ip}: stop what listens there, or publish another host port"
-    )]
-    PortInUse {
-        /// The address.
-        ip: IpAddr,
-        /// The port.
-        port: u16,
-        /// tcp or udp.
-        protocol: &'static str,
-    },
-    /// No candidate subnet is free on this host.
-    #[error("no free subnet for the {0} bridge: every candidate overlaps a route of this host")]
-    NoSubnet(String),
-    /// Address management failed.
-    #[error(transparent)]
-    Ipam(#[from] IpamError),
-    /// nftables failed.
-    #[error(transparent)]
-    Nft(#[from] NftError),
-    /// Netlink failed.
-    #[error("{0}")]
-    Netlink(String),
-    /// The namespace could not be used.
-    #[error(transparent)]
-    Netns(#[from] crate::netns::NetnsError),
-    /// The state file failed.
-    #[error("{0}")]
-    State(String),
-}
-
-fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
-    move |e| NetError::Netlink(format!("{what}: {e}"))
-}
-
-/// A port published on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishedPort {
-    /// The host address, or every address.
-    pub host_ip: Option<IpAddr>,
-    /// The host port.
-    pub host_port: u16,
-    /// The container's port.
-    pub container_port: u16,
-    /// tcp or udp.
-    pub protocol: PortProtocol,
-}
 
 /// A container's connection to the bridge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

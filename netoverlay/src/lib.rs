@@ -4,10 +4,11 @@
 pub mod bridge;
 pub mod cluster;
 pub mod dns;
+pub mod drivers;
+pub mod error;
 pub mod ipam;
-pub mod macvlan;
+pub(crate) mod link;
 pub mod netns;
 pub mod nft;
-pub mod overlay;
+pub mod port;
 mod proxy;
-pub mod userbridge;

@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 
 use shoal_api::types::PortProtocol;
 
-use crate::bridge::{NetError, PublishedPort};
+use crate::error::NetError;
+use crate::port::PublishedPort;
 
 enum Socket {
     Tcp(std::net::TcpListener),

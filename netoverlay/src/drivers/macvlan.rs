@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use rtnetlink::packet_route::link::MacVlanMode;
 use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, RouteMessageBuilder};
 
-use crate::bridge::NetError;
+use crate::error::NetError;
+use crate::link::{errno, index_of, mac_for, move_link, nl, set_link};
 use crate::netns;
-use crate::overlay::{errno, index_of, move_link, nl, set_link};
 
 /// Whether an interface called `parent` exists in the calling thread's namespace.
 pub fn parent_exists(parent: &str) -> bool {
@@ -171,10 +171,56 @@ fn temp_name() -> String {
     format!("mv{:x}x{n:x}", std::process::id() & 0xff_ffff)
 }
 
+/// The macvlan driver: an interface on the parent's segment, made in the container's
+/// namespace; it goes with the namespace, so nothing is kept here.
+pub struct Macvlan;
+
+impl super::Driver for Macvlan {
+    fn attach<'a>(
+        &'a self,
+        j: super::Join<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<(), NetError>> {
+        Box::pin(async move {
+            let parent = j
+                .network
+                .spec
+                .options
+                .get("parent")
+                .cloned()
+                .unwrap_or_default();
+            let gateway = j
+                .default_route
+                .then(|| j.network.gateway.parse().ok())
+                .flatten();
+            let (ip, prefix) = j.addr;
+            attach(&parent, j.netns, j.ifname, ip, prefix, gateway, mac_for(ip)).await
+        })
+    }
+
+    fn detach<'a>(
+        &'a self,
+        _network_id: &'a str,
+        _endpoint_id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), NetError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        _live: &'a [(shoal_api::types::Network, String)],
+    ) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn remove_all(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::overlay::tests::{Lab, ip, is_root, links_in, ping, wire};
+    use crate::drivers::overlay::tests::{Lab, ip, is_root, links_in, ping, wire};
 
     #[test]
     fn temporary_names_fit_and_differ() {

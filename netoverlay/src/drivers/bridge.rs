@@ -13,8 +13,8 @@ use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use shoal_api::types::Network;
 use tokio::sync::Mutex;
 
-use crate::bridge::NetError;
-use crate::overlay::{configure, delete_link, index_of, move_link, must_index, nl, set_link};
+use crate::error::NetError;
+use crate::link::{configure, delete_link, index_of, move_link, must_index, nl, set_link};
 
 struct Bridge {
     name: String,
@@ -116,7 +116,7 @@ impl UserBridges {
                 .execute()
                 .await;
             if let Err(e) = added
-                && crate::overlay::errno(&e) != libc::EEXIST
+                && crate::link::errno(&e) != libc::EEXIST
             {
                 let _ = delete_link(&self.handle, &name).await;
                 return Err(NetError::Netlink(format!(
@@ -293,5 +293,43 @@ impl UserBridges {
                 tracing::warn!("removing a bridge network: {e}");
             }
         }
+    }
+}
+impl super::Driver for UserBridges {
+    fn attach<'a>(
+        &'a self,
+        j: super::Join<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<(), NetError>> {
+        Box::pin(self.attach(
+            j.network,
+            j.endpoint_id,
+            j.netns,
+            j.ifname,
+            j.addr,
+            j.default_route,
+        ))
+    }
+
+    fn detach<'a>(
+        &'a self,
+        network_id: &'a str,
+        endpoint_id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), NetError>> {
+        Box::pin(self.detach(network_id, endpoint_id))
+    }
+
+    fn restore<'a>(&'a self, live: &'a [(Network, String)]) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mine: Vec<(Network, String)> = live
+                .iter()
+                .filter(|(n, _)| n.spec.driver == shoal_api::types::NetworkDriver::Bridge)
+                .cloned()
+                .collect();
+            self.restore(&mine).await
+        })
+    }
+
+    fn remove_all(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.remove_all())
     }
 }
