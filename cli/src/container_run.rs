@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 
 use crate::args::{self, UsageError};
 use crate::client::status;
-use crate::container_cmd::{OutputClosed, stream_logs};
+use crate::container_logs::{OutputClosed, stream_logs};
 
 /// Exit code of a `run` that failed before the container started (Docker's).
 pub const EXIT_RUN_FAILED: i32 = 125;

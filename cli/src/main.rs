@@ -4,10 +4,12 @@ mod args;
 mod client;
 mod cluster_cmd;
 mod container_cmd;
+mod container_logs;
 mod container_run;
 mod dev_cmd;
 mod image_cmd;
 mod network_cmd;
+mod node_cmd;
 mod output;
 mod progress;
 mod service;
@@ -390,25 +392,25 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Service(c) => service::run(&host, c).await,
         Command::Network(c) => network_cmd::run(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {
-            cluster_cmd::node_ls(&host, format == "json").await
+            node_cmd::node_ls(&host, format == "json").await
         }
         Command::Node(NodeCommand::Inspect { nodes, .. }) => {
-            cluster_cmd::node_inspect(&host, nodes).await
+            node_cmd::node_inspect(&host, nodes).await
         }
         Command::Node(NodeCommand::Update {
             availability,
             label_add,
             label_rm,
             node,
-        }) => cluster_cmd::node_update(&host, node, availability, label_add, label_rm).await,
+        }) => node_cmd::node_update(&host, node, availability, label_add, label_rm).await,
         Command::Node(NodeCommand::Promote { nodes }) => {
-            cluster_cmd::node_role(&host, nodes, "manager").await
+            node_cmd::node_role(&host, nodes, "manager").await
         }
         Command::Node(NodeCommand::Demote { nodes }) => {
-            cluster_cmd::node_role(&host, nodes, "worker").await
+            node_cmd::node_role(&host, nodes, "worker").await
         }
         Command::Node(NodeCommand::Rm { force, nodes }) => {
-            cluster_cmd::node_rm(&host, nodes, force).await
+            node_cmd::node_rm(&host, nodes, force).await
         }
         Command::Run(a) => container_cmd::run(&host, C::Run(a)).await,
         Command::Create(a) => container_cmd::run(&host, C::Create(a)).await,

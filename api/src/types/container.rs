@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::network::AttachmentSpec;
-use super::service::PortProtocol;
+use super::network::PortProtocol;
 
 /// The network namespace a container gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::network::{EndpointMode, Vip};
+use super::network::{EndpointMode, PortConfig, Vip};
 
 /// How a service runs its tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -171,41 +171,6 @@ impl UpdateStatus {
             UpdateState::Paused | UpdateState::RollbackPaused
         )
     }
-}
-
-/// The protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PortProtocol {
-    /// TCP.
-    #[default]
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-/// How a port is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PublishMode {
-    /// Every node answers and forwards to a task anywhere (the routing mesh).
-    #[default]
-    Ingress,
-    /// Only the node of the task answers.
-    Host,
-}
-
-/// A port of a service's tasks published on nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PortConfig {
-    /// The port inside the container.
-    pub target: u16,
-    /// The port on the node (0: the allocator picks one).
-    pub published: u16,
-    /// TCP or UDP.
-    pub protocol: PortProtocol,
-    /// Ingress or host.
-    pub mode: PublishMode,
 }
 
 /// A command run in a task's container to tell whether it is healthy.

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::network::NetworkAttachment;
-use super::service::{PortConfig, ServiceSpec};
+use super::network::{NetworkAttachment, PortConfig};
+use super::service::ServiceSpec;
 
 /// The states of a task, in the only order they may move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

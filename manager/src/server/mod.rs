@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 mod auth;
+mod calls;
 mod cluster_info;
 mod control;
 mod dispatcher;

@@ -4,6 +4,9 @@
 //! Limits come from the OCI spec's `linux.resources` and are checked before anything is
 //! made ([`plan`]). On a hybrid host the limits go to v1 and the process joins the unified
 //! hierarchy too, best effort, as runc does. See README.md beside this file.
+//!
+//! (Over 600 lines: one type, `Cgroup`, whose every step has a v1 and a v2 branch that
+//! must change together; its layouts and limits are in modules of their own.)
 
 mod layout;
 mod limits;

@@ -5,6 +5,9 @@
 //! registries (pull, in `crate::registry`, through `put_blob` and `put_image`).
 //!
 //! All calls are blocking; the daemon runs them on its blocking pool.
+//!
+//! (Over 600 lines: the store's one type and its index; archives and references are in
+//! modules of their own.)
 
 mod archive;
 mod reference;
