@@ -262,6 +262,13 @@ impl Engine {
             private_cgroup2_mount,
         };
         let _ = std::fs::remove_file(paths.state_dir.join(crate::shim::ExitRecord::FILE));
+        // The log exists before the start returns: a reader that comes at once (`container
+        // run` in the foreground) finds it even when the shim opens it later.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.log())
+            .map_err(|e| EngineError::Internal(format!("creating the log: {e}")))?;
         shim.save()
             .map_err(|e| EngineError::Internal(format!("writing shim config: {e}")))?;
         let output = tokio::process::Command::new(&self.config.self_exe)
