@@ -3,6 +3,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Now, as a system time (for certificates' validity).
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     since_epoch().as_millis() as i64
@@ -20,7 +25,5 @@ pub fn now_secs() -> u64 {
 
 fn since_epoch() -> std::time::Duration {
     // A clock set before 1970 reads as 1970: nothing shoal stores is that old.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }

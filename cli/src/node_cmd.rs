@@ -8,18 +8,29 @@ use crate::client::{Host, connect};
 use crate::image_cmd::status;
 use crate::output;
 
-/// `shoal node ls`.
-pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?)
+type Control = ControlClient<tonic::transport::Channel>;
+
+async fn client(host: &Host) -> anyhow::Result<Control> {
+    Ok(ControlClient::new(connect(host).await?)
         .max_decoding_message_size(shoal_api::MAX_MESSAGE)
-        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
+        .max_encoding_message_size(shoal_api::MAX_MESSAGE))
+}
+
+/// Every node, as the managers have them.
+async fn nodes(c: &mut Control) -> anyhow::Result<Vec<Node>> {
     let objects = c
         .list_nodes(pc::ListRequest {})
         .await
         .map_err(status)?
         .into_inner()
         .objects;
-    let nodes: Vec<Node> = shoal_api::wire::decode_all(&objects)?;
+    Ok(shoal_api::wire::decode_all(&objects)?)
+}
+
+/// `shoal node ls`.
+pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
+    let mut c = client(host).await?;
+    let nodes = nodes(&mut c).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
@@ -68,16 +79,8 @@ pub async fn node_ls(host: &Host, json: bool) -> anyhow::Result<()> {
 
 /// `shoal node inspect`.
 pub async fn node_inspect(host: &Host, keys: Vec<String>) -> anyhow::Result<()> {
-    let mut c = ControlClient::new(connect(host).await?)
-        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
-        .max_encoding_message_size(shoal_api::MAX_MESSAGE);
-    let objects = c
-        .list_nodes(pc::ListRequest {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .objects;
-    let nodes: Vec<Node> = shoal_api::wire::decode_all(&objects)?;
+    let mut c = client(host).await?;
+    let nodes = nodes(&mut c).await?;
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for k in keys {

@@ -3,7 +3,7 @@
 //! is told it was removed, or (`init --force-new-cluster`) makes a new one-manager
 //! cluster of its state.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use shoal_api::cluster::raft_id;
 use shoal_api::control as pc;
@@ -117,14 +117,14 @@ impl ManagerService {
                 let me = m.store.id();
                 if !voters.contains(&me) && !learners.contains(&me) {
                     self.join_raft(&tls, &m).await
-                } else if crate::ca::wants_renewal(&id, SystemTime::now()) {
+                } else if crate::ca::wants_renewal(&id, shoal_api::clock::now()) {
                     self.renew_in_place(&tls).await
                 } else {
                     Ok(())
                 }
             }
             (Role::Worker, None) if id.role == Role::Worker => {
-                if crate::ca::wants_renewal(&id, SystemTime::now()) {
+                if crate::ca::wants_renewal(&id, shoal_api::clock::now()) {
                     self.renew_in_place(&tls).await
                 } else {
                     Ok(())

@@ -2,11 +2,10 @@
 //! one of its running tasks at random.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 use shoal_api::types::{EndpointMode, NetworkView};
 
-use super::{ClusterNetworks, Member, ip_of, nft_in};
+use super::{ClusterNetworks, Member, ip_of, nft_in, running_backends};
 
 /// The nftables table of VIPs in a container's namespace.
 const LB_TABLE: &str = "shoal_lb";
@@ -24,12 +23,7 @@ pub fn lb_script(views: &BTreeMap<String, NetworkView>, networks: &[String]) -> 
             let Some(vip) = ip_of(&s.vip).filter(|_| s.endpoint_mode == EndpointMode::Vip) else {
                 continue;
             };
-            let backends: Vec<Ipv4Addr> = v
-                .endpoints
-                .iter()
-                .filter(|e| e.service_id == s.id && e.running)
-                .filter_map(|e| ip_of(&e.addr))
-                .collect();
+            let backends = running_backends(v, &s.id);
             if backends.is_empty() {
                 rules.push_str(&format!(
                     "add rule ip {LB_TABLE} refuse ip daddr {vip} reject\n"

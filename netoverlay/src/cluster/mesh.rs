@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use shoal_api::types::{NetworkView, PortProtocol};
 
-use super::{ClusterNetworks, Inner, ip_of, nft_in};
+use super::{ClusterNetworks, Inner, ip_of, nft_in, running_backends};
 use crate::error::NetError;
 
 /// The host end of this node's endpoint on the ingress network.
@@ -56,12 +56,7 @@ const MESH_PREFIX: u8 = 30;
 fn mesh_ports(view: &NetworkView) -> Vec<(shoal_api::types::PortConfig, Vec<Ipv4Addr>)> {
     let mut out = Vec::new();
     for s in &view.services {
-        let backends: Vec<Ipv4Addr> = view
-            .endpoints
-            .iter()
-            .filter(|e| e.service_id == s.id && e.running)
-            .filter_map(|e| ip_of(&e.addr))
-            .collect();
+        let backends = running_backends(view, &s.id);
         if backends.is_empty() {
             continue;
         }

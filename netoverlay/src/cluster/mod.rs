@@ -80,6 +80,15 @@ fn ip_of(addr: &str) -> Option<Ipv4Addr> {
     addr.split('/').next().and_then(|a| a.parse().ok())
 }
 
+/// The addresses of `service_id`'s running (and healthy) tasks on the network of `view`.
+fn running_backends(view: &NetworkView, service_id: &str) -> Vec<Ipv4Addr> {
+    view.endpoints
+        .iter()
+        .filter(|e| e.service_id == service_id && e.running)
+        .filter_map(|e| ip_of(&e.addr))
+        .collect()
+}
+
 fn net_of(addr: &str) -> Option<Ipv4Net> {
     addr.parse::<Ipv4Net>().ok()
 }
