@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use crate::engine as pb;
-use crate::types::{ContainerResources, ContainerSpec, NetworkMode, PortMapping, PortProtocol};
+use crate::types::{
+    ContainerResources, ContainerSpec, Mount, MountType, NetworkMode, PortMapping, PortProtocol,
+    Propagation, TmpfsOptions, VolumeOptions,
+};
 
 /// A container message that does not make a spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +91,88 @@ impl From<&PortMapping> for pb::PortMapping {
     }
 }
 
+impl TryFrom<&pb::Mount> for Mount {
+    type Error = ConvertError;
+
+    fn try_from(m: &pb::Mount) -> Result<Self, Self::Error> {
+        let kind = match m.r#type.as_str() {
+            "" | "volume" => MountType::Volume,
+            "bind" => MountType::Bind,
+            "tmpfs" => MountType::Tmpfs,
+            other => {
+                return Err(ConvertError(format!(
+                    "invalid mount type \"{other}\": use volume, bind or tmpfs"
+                )));
+            }
+        };
+        let propagation = match m.bind_propagation.as_str() {
+            "" => None,
+            p => Some(
+                Propagation::ALL
+                    .into_iter()
+                    .find(|x| x.as_str() == p)
+                    .ok_or_else(|| {
+                        ConvertError(format!(
+                            "invalid bind propagation \"{p}\": use private, rprivate, shared, rshared, slave or rslave"
+                        ))
+                    })?,
+            ),
+        };
+        let out = Mount {
+            kind,
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+            volume: VolumeOptions {
+                driver: m.volume_driver.clone(),
+                driver_opts: m.volume_options.clone().into_iter().collect(),
+                labels: m.volume_labels.clone().into_iter().collect(),
+                no_copy: m.volume_no_copy,
+            },
+            propagation,
+            tmpfs: TmpfsOptions {
+                size_bytes: u64::try_from(m.tmpfs_size_bytes).ok().filter(|n| *n > 0),
+                mode: (m.tmpfs_mode != 0).then_some(m.tmpfs_mode),
+                options: m.tmpfs_options.clone(),
+            },
+        };
+        crate::mount::check(&out).map_err(|e| ConvertError(e.0))?;
+        Ok(out)
+    }
+}
+
+impl From<&Mount> for pb::Mount {
+    fn from(m: &Mount) -> Self {
+        pb::Mount {
+            r#type: m.kind.as_str().into(),
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+            volume_driver: m.volume.driver.clone(),
+            volume_options: m
+                .volume
+                .driver_opts
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            volume_labels: m
+                .volume
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            volume_no_copy: m.volume.no_copy,
+            bind_propagation: m
+                .propagation
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            tmpfs_size_bytes: m.tmpfs.size_bytes.map_or(0, |n| n as i64),
+            tmpfs_mode: m.tmpfs.mode.unwrap_or(0),
+            tmpfs_options: m.tmpfs.options.clone(),
+        }
+    }
+}
+
 impl TryFrom<pb::ContainerSpec> for ContainerSpec {
     type Error = ConvertError;
 
@@ -102,7 +187,18 @@ impl TryFrom<pb::ContainerSpec> for ContainerSpec {
             }
         };
         let r = s.resources.unwrap_or_default();
+        let mounts = s
+            .mounts
+            .iter()
+            .map(Mount::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(t) = duplicate_target(&mounts) {
+            return Err(ConvertError(format!(
+                "two mounts have the target {t}: give each target once"
+            )));
+        }
         Ok(ContainerSpec {
+            mounts,
             ports: s
                 .ports
                 .iter()
@@ -166,8 +262,18 @@ impl From<&ContainerSpec> for pb::ContainerSpec {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             security_opt: s.security_opt.clone(),
+            mounts: s.mounts.iter().map(pb::Mount::from).collect(),
         }
     }
+}
+
+/// A target that two of `mounts` share, if any.
+pub fn duplicate_target(mounts: &[Mount]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    mounts
+        .iter()
+        .map(|m| m.target.trim_end_matches('/'))
+        .find(|t| !seen.insert(*t))
 }
 
 #[cfg(test)]
@@ -204,6 +310,47 @@ mod tests {
         assert_eq!(spec.ports[0].host_ip, Some([127, 0, 0, 1].into()));
         let back = pb::ContainerSpec::from(&spec);
         assert_eq!(ContainerSpec::try_from(back).expect("again"), spec);
+    }
+
+    #[test]
+    fn mounts_convert_both_ways_and_bad_ones_are_named() {
+        let mut m = message();
+        m.mounts = vec![
+            pb::Mount {
+                source: "data".into(),
+                target: "/data".into(),
+                ..Default::default()
+            },
+            pb::Mount {
+                r#type: "tmpfs".into(),
+                target: "/t".into(),
+                tmpfs_size_bytes: 1 << 20,
+                ..Default::default()
+            },
+        ];
+        let spec = ContainerSpec::try_from(m.clone()).expect("converts");
+        assert_eq!(spec.mounts[0].kind, MountType::Volume);
+        assert_eq!(spec.mounts[1].tmpfs.size_bytes, Some(1 << 20));
+        let back = pb::ContainerSpec::from(&spec);
+        assert_eq!(ContainerSpec::try_from(back).expect("again"), spec);
+        let mut dup = m.clone();
+        dup.mounts[1].target = "/data/".into();
+        dup.mounts[1].r#type = "volume".into();
+        dup.mounts[1].tmpfs_size_bytes = 0;
+        assert!(
+            ContainerSpec::try_from(dup)
+                .expect_err("dup")
+                .0
+                .contains("two mounts")
+        );
+        let mut rel = m;
+        rel.mounts[0].target = "data".into();
+        assert!(
+            ContainerSpec::try_from(rel)
+                .expect_err("relative")
+                .0
+                .contains("absolute")
+        );
     }
 
     #[test]

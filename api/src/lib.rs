@@ -6,12 +6,14 @@
 //! - [`wire`]: how objects travel inside the messages (JSON of [`types`]).
 //! - [`convert`]: the engine API's container messages to and from [`types`].
 //! - [`cluster`]: addresses, join tokens, Raft ids and address pools, for clients too.
+//! - [`mount`]: `-v`, `--mount` and `--tmpfs` as users write them.
 //! - [`id`], [`clock`]: the one random id source and the one wall clock.
 
 pub mod clock;
 pub mod cluster;
 pub mod convert;
 pub mod id;
+pub mod mount;
 pub mod types;
 pub mod wire;
 

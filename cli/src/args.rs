@@ -10,33 +10,7 @@ pub struct UsageError(pub String);
 
 /// Parses a byte size: `512m`, `1g`, `1048576`, `64k`, `100b`.
 pub fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
-    let bad = || {
-        UsageError(format!(
-            "invalid {flag} \"{s}\": use a number with an optional unit b, k, m or g, for example 512m"
-        ))
-    };
-    let t = s.trim().to_ascii_lowercase();
-    let t = t
-        .strip_suffix('b')
-        .filter(|r| !r.is_empty() && r.ends_with(['k', 'm', 'g']))
-        .unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('b') => (&t[..t.len() - 1], 1),
-        Some(_) => (t, 1),
-        None => return Err(bad()),
-    };
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    if !value.is_finite() || value <= 0.0 {
-        return Err(bad());
-    }
-    let bytes = value * mult as f64;
-    if bytes > i64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(bytes as i64)
+    shoal_api::mount::parse_bytes(flag, s).map_err(UsageError)
 }
 
 /// Parses `--cpus 1.5` into nano-CPUs.

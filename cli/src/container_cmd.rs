@@ -144,6 +144,9 @@ pub struct RmArgs {
     /// Kill running containers first.
     #[arg(short, long)]
     force: bool,
+    /// Also remove the anonymous volumes made for them.
+    #[arg(short, long)]
+    volumes: bool,
     /// Containers.
     #[arg(required = true)]
     containers: Vec<String>,
@@ -281,13 +284,14 @@ pub async fn run(host: &Host, cmd: ContainerCommand) -> anyhow::Result<()> {
             .await
         }
         (ContainerCommand::Rm(a), _) => {
-            let force = a.force;
+            let (force, volumes) = (a.force, a.volumes);
             each(a.containers, |id| {
                 let mut c = client.clone();
                 async move {
                     c.remove(pb::RemoveRequest {
                         id: id.clone(),
                         force,
+                        volumes,
                     })
                     .await
                     .map_err(status)?;

@@ -85,6 +85,17 @@ pub struct RunArgs {
     /// A label, KEY=VALUE.
     #[arg(short, long = "label")]
     label: Vec<String>,
+    /// Mount a volume or a host path: NAME:/path, /host/path:/path or /path (an
+    /// anonymous volume), then :ro, :rw, :nocopy.
+    #[arg(short = 'v', long = "volume")]
+    volume: Vec<String>,
+    /// Mount: type=volume|bind|tmpfs,source=..,target=..[,readonly][,volume-driver=..]
+    /// [,volume-opt=K=V][,volume-nocopy][,tmpfs-size=..][,tmpfs-mode=..][,bind-propagation=..].
+    #[arg(long)]
+    mount: Vec<String>,
+    /// A tmpfs at PATH[:size=64m,mode=1777,...].
+    #[arg(long)]
+    tmpfs: Vec<String>,
     /// The image, then the command and its arguments (replacing the image's). Flags end
     /// at the image: everything after it goes to the container as it is.
     #[arg(
@@ -175,6 +186,17 @@ pub fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         .as_deref()
         .map(|s| args::parse_seconds("--stop-timeout", s))
         .transpose()?;
+    let usage = |e: shoal_api::mount::MountError| UsageError(e.0);
+    let mut mounts: Vec<pb::Mount> = Vec::new();
+    for v in &a.volume {
+        mounts.push((&shoal_api::mount::parse_volume(v).map_err(usage)?).into());
+    }
+    for m in &a.mount {
+        mounts.push((&shoal_api::mount::parse_mount(m).map_err(usage)?).into());
+    }
+    for t in &a.tmpfs {
+        mounts.push((&shoal_api::mount::parse_tmpfs(t).map_err(usage)?).into());
+    }
     Ok(pb::ContainerSpec {
         image: a.image().to_string(),
         name: a.name.clone().unwrap_or_default(),
@@ -215,6 +237,7 @@ pub fn spec_of(a: &RunArgs) -> Result<pb::ContainerSpec, UsageError> {
         stop_timeout_secs,
         labels,
         security_opt: a.security_opt.clone(),
+        mounts,
     })
 }
 
@@ -284,6 +307,7 @@ pub async fn run(
                 .remove(pb::RemoveRequest {
                     id: id.clone(),
                     force: true,
+                    volumes: true,
                 })
                 .await;
         }
@@ -332,6 +356,7 @@ pub async fn run(
             .remove(pb::RemoveRequest {
                 id: id.clone(),
                 force: true,
+                volumes: true,
             })
             .await
             .map_err(status)?;

@@ -243,6 +243,7 @@ pub async fn drive(host: Host, started: Instant, exit_after: Option<u64>) -> any
             .remove(pb::RemoveRequest {
                 id: c.id,
                 force: true,
+                volumes: true,
             })
             .await;
     }

@@ -14,6 +14,7 @@ mod output;
 mod progress;
 mod service;
 mod service_flags;
+mod volume_cmd;
 
 use std::path::PathBuf;
 
@@ -162,6 +163,12 @@ enum Command {
     /// Manage networks.
     #[command(subcommand)]
     Network(network_cmd::NetworkCommand),
+    /// Manage this node's volumes.
+    #[command(subcommand)]
+    Volume(volume_cmd::VolumeCommand),
+    /// The volume plugins this node found.
+    #[command(subcommand)]
+    Plugin(volume_cmd::PluginCommand),
     /// Run a container (shoal container run).
     Run(container_cmd::RunArgs),
     /// Create a container (shoal container create).
@@ -278,6 +285,14 @@ struct DaemonArgs {
     /// A registry (HOST:PORT) to reach over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// A directory volume plugins are found in (NAME.sock, NAME.spec, NAME.json);
+    /// repeatable (default: <run-root>/plugins, /run/docker/plugins, /etc/docker/plugins,
+    /// /usr/lib/docker/plugins).
+    #[arg(long = "plugin-dir")]
+    plugin_dirs: Vec<PathBuf>,
+    /// How long a volume plugin's call may take (Docker allows 2 minutes).
+    #[arg(long, default_value = "2m")]
+    plugin_timeout: String,
     /// Log level: error, warn, info, debug, trace.
     #[arg(
         long,
@@ -391,6 +406,8 @@ async fn client_command(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Info { format } => cluster_cmd::info(&host, format == "json").await,
         Command::Service(c) => service::run(&host, c).await,
         Command::Network(c) => network_cmd::run(&host, c).await,
+        Command::Volume(c) => volume_cmd::run(&host, c).await,
+        Command::Plugin(c) => volume_cmd::run_plugin(&host, c).await,
         Command::Node(NodeCommand::Ls { format }) => {
             node_cmd::node_ls(&host, format == "json").await
         }
@@ -449,6 +466,8 @@ async fn dev(a: dev_cmd::DevArgs) -> anyhow::Result<()> {
         runtime: a.runtime.clone(),
         cgroup_parent: "shoal-dev".into(),
         insecure_registries: Vec::new(),
+        plugin_dirs: Vec::new(),
+        plugin_timeout: "2m".into(),
         log_level: "warn".into(),
         // A one-node cluster nobody joins: the cluster port on loopback, any free port.
         listen_addr: "127.0.0.1:0".into(),
@@ -506,12 +525,24 @@ async fn run_daemon(
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let plugin_timeout = service_flags::millis("--plugin-timeout", &a.plugin_timeout)
+        .ok()
+        .filter(|ms| (100..=3_600_000).contains(ms))
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "invalid --plugin-timeout \"{}\": give a duration from 100ms to 1h, such as 30s",
+                a.plugin_timeout
+            ))
+        })?;
     let opts = shoal_worker::daemon::DaemonOptions {
         data_root: a.data_root,
         run_root: a.run_root,
         runtime: a.runtime,
         cgroup_parent: a.cgroup_parent,
         insecure_registries: a.insecure_registries,
+        plugin_dirs: a.plugin_dirs,
+        plugin_timeout,
     };
     let usage = |e: shoal_api::cluster::ClusterInputError| UsageError(e.to_string());
     let port_defaults = shoal_manager::server::PortDefaults {

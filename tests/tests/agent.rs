@@ -153,6 +153,8 @@ async fn body(d: &Daemon) {
         runtime: Runtime::Builtin,
         cgroup_parent: d.cgroup_parent.clone(),
         self_exe: shoal_bin(),
+        plugin_dirs: Vec::new(),
+        plugin_timeout: Duration::from_secs(5),
     };
     let engine = Engine::open(config, images, network).await.expect("engine");
 

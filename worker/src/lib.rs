@@ -8,6 +8,7 @@
 //! - [`engine`]: container lifecycle, tying the pieces together.
 //! - [`executor`]: a task's steps on the engine (prepare, start, wait, shutdown, remove).
 //! - [`agent`]: the node's session with the managers, running its tasks.
+//! - [`volume`]: volumes, their drivers and Docker's volume plugins.
 //! - [`daemon`]: the engine's gRPC service on the local socket.
 
 pub mod agent;
@@ -22,3 +23,4 @@ pub mod registry;
 pub mod runtime;
 pub mod security;
 pub mod shim;
+pub mod volume;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::mount::Mount;
 use super::network::AttachmentSpec;
 use super::network::PortProtocol;
 
@@ -120,6 +121,9 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// `--security-opt` values.
     pub security_opt: Vec<String>,
+    /// Volumes, host paths and tmpfs mounted into it.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
     /// Cluster networks a task joins, each with its address, beside the bridge (unless
     /// every one is internal). Set by the agent; the engine API cannot set them.
     pub attachments: Vec<AttachmentSpec>,

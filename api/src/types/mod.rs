@@ -3,16 +3,20 @@
 //! JSON with a version (the Raft index of their last write).
 
 mod container;
+mod mount;
 mod network;
 mod node;
 mod service;
 mod task;
+mod volume;
 
 pub use container::*;
+pub use mount::*;
 pub use network::*;
 pub use node::*;
 pub use service::*;
 pub use task::*;
+pub use volume::*;
 
 pub use crate::cluster::AddrPool;
 

@@ -166,7 +166,10 @@ impl Containers for ContainersService {
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveReply>, Status> {
         let r = request.into_inner();
-        self.engine.remove(&r.id, r.force).await.map_err(status)?;
+        self.engine
+            .remove_with_volumes(&r.id, r.force, r.volumes)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RemoveReply {}))
     }
 
@@ -205,6 +208,7 @@ impl Containers for ContainersService {
             log_path: paths.log().display().to_string(),
             error,
             oom_killed: oom,
+            mounts: mount_points(&self.engine, &r),
         }))
     }
 
@@ -260,4 +264,37 @@ impl Containers for ContainersService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A container's mounts as `inspect` shows them: volumes by name, with where their data is.
+fn mount_points(engine: &Engine, r: &ContainerRecord) -> Vec<pb::MountPoint> {
+    use shoal_api::types::MountType;
+    r.spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let volume = (m.kind == MountType::Volume)
+                .then(|| engine.volume_inspect(&m.source).ok())
+                .flatten();
+            pb::MountPoint {
+                r#type: m.kind.as_str().into(),
+                name: if m.kind == MountType::Volume {
+                    m.source.clone()
+                } else {
+                    String::new()
+                },
+                driver: volume
+                    .as_ref()
+                    .map(|v| v.volume.driver.clone())
+                    .unwrap_or_default(),
+                source: match (&volume, m.kind) {
+                    (Some(v), _) => v.volume.mountpoint.clone(),
+                    (None, MountType::Bind) => m.source.clone(),
+                    _ => String::new(),
+                },
+                target: m.target.clone(),
+                read_only: m.read_only,
+            }
+        })
+        .collect()
 }

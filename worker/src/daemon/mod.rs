@@ -4,12 +4,14 @@
 mod containers;
 mod images;
 mod upload;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shoal_api::engine::containers_server::ContainersServer;
 use shoal_api::engine::images_server::ImagesServer;
+use shoal_api::engine::volumes_server::VolumesServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -31,6 +33,10 @@ pub struct DaemonOptions {
     pub cgroup_parent: String,
     /// Registries (HOST:PORT) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Where volume plugins are looked for (empty: shoal's own and Docker's directories).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// How long a volume plugin's call may take.
+    pub plugin_timeout: std::time::Duration,
 }
 
 /// Errors that stop the daemon.
@@ -125,6 +131,9 @@ where
             .max_decoding_message_size(shoal_api::MAX_MESSAGE)
             .max_encoding_message_size(shoal_api::MAX_MESSAGE),
         )
+        .add_service(VolumesServer::new(volumes::VolumesService {
+            engine: engine.clone(),
+        }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let grace = async move {
         let _ = stopping_rx.wait_for(|s| *s).await;
@@ -183,6 +192,12 @@ fn check(opts: &DaemonOptions) -> Result<EngineConfig, DaemonError> {
         runtime,
         cgroup_parent: opts.cgroup_parent.clone(),
         self_exe,
+        plugin_dirs: if opts.plugin_dirs.is_empty() {
+            crate::volume::VolumesConfig::default_plugin_dirs(&opts.run_root)
+        } else {
+            opts.plugin_dirs.clone()
+        },
+        plugin_timeout: opts.plugin_timeout,
     })
 }
 

@@ -40,6 +40,22 @@ impl Engine {
                 spec.image
             )));
         }
+        // The name is checked again below, under the lock; checking it first keeps a
+        // refused create from making volumes.
+        if !spec.name.is_empty() {
+            names::validate(&spec.name)?;
+            let map = self.containers.lock().expect("containers lock poisoned");
+            if map
+                .values()
+                .any(|e| e.record.lock().expect("record lock poisoned").name == spec.name)
+            {
+                return Err(EngineError::Conflict(format!(
+                    "the container name \"{}\" is already in use: remove that container (shoal container rm {}) or choose another name",
+                    spec.name, spec.name
+                )));
+            }
+        }
+        let anonymous_volumes = self.create_volumes(&mut spec.mounts).await?;
         let id = names::new_id();
         let entry = {
             let mut map = self.containers.lock().expect("containers lock poisoned");
@@ -72,6 +88,7 @@ impl Engine {
                 state: State::Created,
                 ip_address: String::new(),
                 removing: false,
+                anonymous_volumes,
             };
             let entry = Arc::new(Entry {
                 record: Mutex::new(record),
@@ -87,6 +104,8 @@ impl Engine {
                 .lock()
                 .expect("containers lock poisoned")
                 .remove(&id);
+            self.remove_anonymous_volumes(&record.anonymous_volumes)
+                .await;
             return Err(e);
         }
         Ok(record)
@@ -172,6 +191,7 @@ fn validate(spec: &ContainerSpec) -> Result<(), EngineError> {
     if !spec.stop_signal.is_empty() {
         super::container_stop::parse_signal(&spec.stop_signal)?;
     }
+    Engine::check_mounts(spec)?;
     if !spec.workdir.is_empty() && !spec.workdir.starts_with('/') {
         return invalid(format!(
             "invalid working directory \"{}\": it must be an absolute path",

@@ -12,6 +12,16 @@ use super::{Engine, EngineError};
 impl Engine {
     /// Removes a container.
     pub async fn remove(&self, key: &str, force: bool) -> Result<(), EngineError> {
+        self.remove_with_volumes(key, force, false).await
+    }
+
+    /// Removes a container and, with `volumes`, the anonymous volumes made for it.
+    pub async fn remove_with_volumes(
+        &self,
+        key: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), EngineError> {
         let entry = self.find(key)?;
         let _op = entry.op.lock().await;
         let record = entry.snapshot();
@@ -49,6 +59,10 @@ impl Engine {
             .remove(&record.id);
         // Wake waiters so they see the container is gone.
         entry.changed.send_modify(|v| *v += 1);
+        if volumes {
+            self.remove_anonymous_volumes(&record.anonymous_volumes)
+                .await;
+        }
         Ok(())
     }
 }

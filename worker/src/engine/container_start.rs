@@ -85,7 +85,7 @@ impl Engine {
                 })?;
                 if record.spec.auto_remove {
                     drop(_op);
-                    let _ = self.remove(&record.id, true).await;
+                    let _ = self.remove_with_volumes(&record.id, true, true).await;
                 }
                 Err(e)
             }
@@ -218,6 +218,9 @@ impl Engine {
         let resolv = (!joins.is_empty()).then(|| self.cluster.resolv_conf().to_string());
         let etc_files = write_etc_files(&paths.state_dir, &hostname, &ip, &network, resolv)?;
 
+        // Volumes, bind mounts, tmpfs.
+        let mounts = self.prepare_mounts(&record.id, spec, &rootfs_dir).await?;
+
         // Security.
         let caps = crate::security::caps::resolve(&spec.cap_add, &spec.cap_drop)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -238,6 +241,7 @@ impl Engine {
             resources: resources(spec)?,
             cgroups_path: format!("/{}/{}", self.config.cgroup_parent, record.id),
             etc_files,
+            mounts,
             no_new_privileges: spec.security_opt.iter().any(|o| {
                 o == "no-new-privileges"
                     || o == "no-new-privileges:true"
@@ -335,6 +339,9 @@ impl Engine {
         }
         if let Err(e) = rootfs::unmount(&self.paths(id).rootfs()) {
             tracing::warn!(container = id, "{e}");
+        }
+        if let Ok(e) = self.find(id) {
+            self.release_volumes(id, &e.snapshot().spec).await;
         }
     }
 }

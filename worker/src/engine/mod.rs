@@ -17,6 +17,7 @@ mod names;
 pub mod record;
 mod restore;
 mod rootfs;
+mod volumes;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 pub use self::container_exec::{ExecChunk, ExecOptions};
 pub use self::container_logs::LogsOptions;
 pub use self::record::{ContainerRecord, State};
+pub use self::volumes::VolumeUse;
 use crate::image::ImageStore;
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -88,6 +90,10 @@ pub struct EngineConfig {
     pub cgroup_parent: String,
     /// The `shoal` binary, re-executed as shim and exec helper.
     pub self_exe: PathBuf,
+    /// Where volume plugins are looked for.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// How long a volume plugin's call may take.
+    pub plugin_timeout: std::time::Duration,
 }
 
 /// One container as the engine holds it in memory: its record and a channel that ticks
@@ -113,6 +119,8 @@ pub struct Engine {
     /// Overlay and macvlan networks, service discovery and load balancing.
     pub(crate) cluster: Arc<shoal_netoverlay::cluster::ClusterNetworks>,
     pub(crate) store: record::RecordStore,
+    /// The node's volumes.
+    pub(crate) volumes: crate::volume::Volumes,
     pub(crate) containers: Mutex<HashMap<String, Arc<Entry>>>,
     /// Exit codes of containers removed in the last few minutes, so a `wait` that races
     /// with `--rm` still gets its answer: (id, name, exit code, removed at).
@@ -155,6 +163,12 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
         let store = record::RecordStore::open(&config.data_root.join("containers.redb"))?;
+        let volumes = crate::volume::Volumes::open(crate::volume::VolumesConfig {
+            root: config.data_root.join("volumes"),
+            plugin_dirs: config.plugin_dirs.clone(),
+            plugin_timeout: config.plugin_timeout,
+        })
+        .map_err(|e| EngineError::Store(e.to_string()))?;
         let cluster = Arc::new(
             shoal_netoverlay::cluster::ClusterNetworks::open(
                 &config.run_root.join("net").join("cluster"),
@@ -168,6 +182,7 @@ impl Engine {
             network,
             cluster,
             store,
+            volumes,
             containers: Mutex::new(HashMap::new()),
             removed: Mutex::new(Vec::new()),
             attacher: std::sync::RwLock::new(None),

@@ -69,6 +69,9 @@ pub struct ContainerRecord {
     /// Set while `rm` is under way.
     #[serde(default)]
     pub removing: bool,
+    /// The volumes made for it without a name (`rm -v` removes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anonymous_volumes: Vec<String>,
 }
 
 impl ContainerRecord {

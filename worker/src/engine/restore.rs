@@ -143,7 +143,7 @@ impl Engine {
             let engine = self.clone();
             let id = record.id.clone();
             tokio::spawn(async move {
-                if let Err(e) = engine.remove(&id, true).await {
+                if let Err(e) = engine.remove_with_volumes(&id, true, true).await {
                     tracing::warn!(container = %id, "auto-remove: {e}");
                 }
             });

@@ -61,6 +61,8 @@ pub struct SpecParams {
     pub cgroups_path: String,
     /// Files of `/etc` the daemon manages.
     pub etc_files: Vec<EtcFile>,
+    /// The user's mounts (volumes, bind mounts, tmpfs), after every other mount.
+    pub mounts: Vec<Mount>,
     /// Set the no_new_privs bit.
     pub no_new_privileges: bool,
 }
@@ -126,6 +128,8 @@ pub fn build(p: &SpecParams) -> Result<Spec, RuntimeError> {
                 .clone(),
         );
     }
+
+    mounts.extend(p.mounts.iter().cloned());
 
     let mut spec = Spec::default();
     spec.set_version("1.0.2".into())
@@ -266,6 +270,7 @@ mod tests {
             network: NetworkNamespace::Path("/run/shoal/netns/x".into()),
             resources: LinuxResources::default(),
             cgroups_path: "/shoal/x".into(),
+            mounts: Vec::new(),
             etc_files: vec![EtcFile {
                 source: "/tmp/hosts".into(),
                 destination: "/etc/hosts",
