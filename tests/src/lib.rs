@@ -106,6 +106,8 @@ pub struct Daemon {
     pub runtime: String,
     /// Its cgroup parent, unique to this daemon.
     pub cgroup_parent: String,
+    /// More daemon flags.
+    pub extra_args: Vec<String>,
     child: Option<std::process::Child>,
     _dir: tempfile::TempDir,
 }
@@ -113,6 +115,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with `runtime` (`builtin`, `runc`, `crun`) and waits for its socket.
     pub fn start(runtime: &str) -> Daemon {
+        Daemon::start_with(runtime, &[])
+    }
+
+    /// Starts a daemon with `runtime` and more flags, and waits for its socket.
+    pub fn start_with(runtime: &str, extra_args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("shoal-e2e-")
             .tempdir()
@@ -127,11 +134,17 @@ impl Daemon {
             run_root: dir.path().join("run"),
             runtime: runtime.to_string(),
             cgroup_parent: format!("shoal-e2e-{tag}"),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             _dir: dir,
         };
         d.spawn();
         d
+    }
+
+    /// The daemon's own temporary directory (its roots are in it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// The socket clients use.
@@ -164,6 +177,7 @@ impl Daemon {
             // Tests run daemons side by side: each manager's cluster port on its own free port.
             .arg("--listen-addr")
             .arg("127.0.0.1:0")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
