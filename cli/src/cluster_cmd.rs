@@ -86,6 +86,8 @@ pub async fn manager_routes(
         nano_cpus: node.resources.nano_cpus,
         memory_bytes: node.resources.memory_bytes,
         data_addr: String::new(),
+        // The agent says which at each session (plugins come and go).
+        volume_drivers: Vec::new(),
     };
     // The agent hears the cluster's word on this node (its role, its removal) with its
     // heartbeats; the manager's services act on it. They exist only after the agent

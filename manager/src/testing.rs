@@ -27,6 +27,7 @@ pub fn node(id: &str) -> Node {
         certs_since: 0,
         data_addr: String::new(),
         ingress_addr: String::new(),
+        volume_drivers: Vec::new(),
     }
 }
 

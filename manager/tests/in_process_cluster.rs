@@ -277,6 +277,7 @@ async fn fake_worker(
         nano_cpus: 4_000_000_000,
         memory_bytes: 8 << 30,
         data_addr: String::new(),
+        ..Default::default()
     };
     loop {
         let candidates: Vec<usize> = up.lock().unwrap().iter().copied().collect();

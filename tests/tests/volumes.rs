@@ -70,11 +70,26 @@ each_runtime!(
 fn a_named_volume_keeps_data_between_containers(rt: &str) {
     require_kernel!();
     let Some(d) = daemon(rt, &[]) else { return };
-    d.shoal(&["volume", "create", "--label", "app=db", "data"]).ok();
-    run(&d, &["-v", "data:/data"], &["sh", "-c", "echo kept > /data/f"]).ok();
-    let r = run(&d, &["--mount", "type=volume,source=data,target=/mnt,readonly"], &["cat", "/mnt/f"]).ok();
+    d.shoal(&["volume", "create", "--label", "app=db", "data"])
+        .ok();
+    run(
+        &d,
+        &["-v", "data:/data"],
+        &["sh", "-c", "echo kept > /data/f"],
+    )
+    .ok();
+    let r = run(
+        &d,
+        &["--mount", "type=volume,source=data,target=/mnt,readonly"],
+        &["cat", "/mnt/f"],
+    )
+    .ok();
     assert_eq!(r.stdout.trim(), "kept");
-    let r = run(&d, &["-v", "data:/data:ro"], &["sh", "-c", "echo x > /data/g"]);
+    let r = run(
+        &d,
+        &["-v", "data:/data:ro"],
+        &["sh", "-c", "echo x > /data/g"],
+    );
     assert_ne!(r.code, 0, "a read-only volume refuses writes");
     assert!(r.stderr.contains("Read-only file system"), "{r:?}");
     let inspect = d.shoal(&["volume", "inspect", "data"]).ok();
@@ -82,11 +97,23 @@ fn a_named_volume_keeps_data_between_containers(rt: &str) {
     assert_eq!(v[0]["Driver"], "local");
     assert_eq!(v[0]["Labels"]["app"], "db");
     let mountpoint = v[0]["Mountpoint"].as_str().expect("a mountpoint");
-    assert!(mountpoint.starts_with(&d.data_root.to_string_lossy().into_owned()), "{mountpoint}");
-    assert_eq!(std::fs::read_to_string(Path::new(mountpoint).join("f")).expect("on the host"), "kept\n");
+    assert!(
+        mountpoint.starts_with(&d.data_root.to_string_lossy().into_owned()),
+        "{mountpoint}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(mountpoint).join("f")).expect("on the host"),
+        "kept\n"
+    );
     let filtered = d.shoal(&["volume", "ls", "-q", "-f", "label=app=db"]).ok();
     assert_eq!(filtered.stdout.trim(), "data");
-    assert!(d.shoal(&["volume", "ls", "-q", "-f", "label=app=web"]).ok().stdout.trim().is_empty());
+    assert!(
+        d.shoal(&["volume", "ls", "-q", "-f", "label=app=web"])
+            .ok()
+            .stdout
+            .trim()
+            .is_empty()
+    );
     d.shoal(&["volume", "rm", "data"]).ok();
     assert!(volumes(&d).is_empty());
 }
@@ -112,38 +139,103 @@ fn bind_and_tmpfs_mounts_hold_their_limits(rt: &str) {
     std::fs::create_dir_all(&host).expect("dir");
     std::fs::write(host.join("hello"), "from the host").expect("write");
     let h = host.to_string_lossy().into_owned();
-    let r = run(&d, &["-v", &format!("{h}:/share:ro")], &["sh", "-c", "cat /share/hello; echo > /share/x"]);
+    let r = run(
+        &d,
+        &["-v", &format!("{h}:/share:ro")],
+        &["sh", "-c", "cat /share/hello; echo > /share/x"],
+    );
     assert!(r.stdout.contains("from the host"), "{r:?}");
     assert_ne!(r.code, 0, "a read-only bind refuses writes");
     assert!(!host.join("x").exists());
-    run(&d, &["--mount", &format!("type=bind,source={h},target=/share")], &["sh", "-c", "echo back > /share/y"]).ok();
-    assert_eq!(std::fs::read_to_string(host.join("y")).expect("written through"), "back\n");
+    run(
+        &d,
+        &["--mount", &format!("type=bind,source={h},target=/share")],
+        &["sh", "-c", "echo back > /share/y"],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(host.join("y")).expect("written through"),
+        "back\n"
+    );
     // A 1 MiB tmpfs takes no 2 MiB file.
-    let r = run(&d, &["--tmpfs", "/t:size=1m"], &["dd", "if=/dev/zero", "of=/t/big", "bs=1024", "count=2048"]);
+    let r = run(
+        &d,
+        &["--tmpfs", "/t:size=1m"],
+        &["dd", "if=/dev/zero", "of=/t/big", "bs=1024", "count=2048"],
+    );
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("No space left"), "{r:?}");
-    let r = run(&d, &["--mount", "type=tmpfs,target=/t,tmpfs-size=2m,tmpfs-mode=700"], &["stat", "-c", "%a", "/t"]).ok();
+    let r = run(
+        &d,
+        &[
+            "--mount",
+            "type=tmpfs,target=/t,tmpfs-size=2m,tmpfs-mode=700",
+        ],
+        &["stat", "-c", "%a", "/t"],
+    )
+    .ok();
     assert_eq!(r.stdout.trim(), "700");
     // Refused before anything is made, naming the problem.
     for (flags, says) in [
-        (vec!["--mount", "type=volume,target=/x,colour=red"], "unknown --mount key \"colour\""),
+        (
+            vec!["--mount", "type=volume,target=/x,colour=red"],
+            "unknown --mount key \"colour\"",
+        ),
         (vec!["-v", "data:relative"], "absolute path"),
         (vec!["--mount", "type=bind,target=/x"], "needs a source"),
-        (vec!["--mount", "type=bind,source=/no/such/dir,target=/x"], "bind source path does not exist"),
-        (vec!["-v", "v1:/x", "-v", "v2:/x"], "two mounts have the target /x"),
+        (
+            vec!["--mount", "type=bind,source=/no/such/dir,target=/x"],
+            "bind source path does not exist",
+        ),
+        (
+            vec!["-v", "v1:/x", "-v", "v2:/x"],
+            "two mounts have the target /x",
+        ),
     ] {
         let r = run(&d, &flags, &["true"]);
         assert_ne!(r.code, 0, "{flags:?}");
         assert!(r.stderr.contains(says), "{flags:?}: {r:?}");
     }
-    assert!(volumes(&d).is_empty(), "a refused run makes no volume: {:?}", volumes(&d));
+    assert!(
+        volumes(&d).is_empty(),
+        "a refused run makes no volume: {:?}",
+        volumes(&d)
+    );
 }
 
 fn anonymous_volumes_go_with_rm_v_and_in_use_ones_stay(rt: &str) {
     require_kernel!();
     let Some(d) = daemon(rt, &[]) else { return };
-    let keep = d.shoal(&["run", "-d", "--network", "none", "-v", "/scratch", IMG, "true"]).ok().stdout.trim().to_string();
-    let gone = d.shoal(&["run", "-d", "--network", "none", "-v", "/scratch", IMG, "true"]).ok().stdout.trim().to_string();
+    let keep = d
+        .shoal(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "-v",
+            "/scratch",
+            IMG,
+            "true",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let gone = d
+        .shoal(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "-v",
+            "/scratch",
+            IMG,
+            "true",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     assert_eq!(volumes(&d).len(), 2);
     d.shoal(&["wait", &keep, &gone]).ok();
     d.shoal(&["rm", &keep]).ok();
@@ -154,13 +246,33 @@ fn anonymous_volumes_go_with_rm_v_and_in_use_ones_stay(rt: &str) {
     run(&d, &["-v", "/scratch"], &["true"]).ok();
     assert_eq!(volumes(&d), left);
     // In use: rm refused, naming the container; prune keeps it.
-    d.shoal(&["run", "-d", "--network", "none", "--name", "holder", "-v", "busy:/b", IMG, "sleep", "100"]).ok();
+    d.shoal(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "holder",
+        "-v",
+        "busy:/b",
+        IMG,
+        "sleep",
+        "100",
+    ])
+    .ok();
     let r = d.shoal(&["volume", "rm", "busy"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("volume busy is in use by container holder"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("volume busy is in use by container holder"),
+        "{r:?}"
+    );
     d.shoal(&["volume", "create", "idle"]).ok();
     let pruned = d.shoal(&["volume", "prune", "-f"]).ok();
-    assert!(pruned.stdout.contains("idle") && !pruned.stdout.contains("busy"), "{pruned:?}");
+    assert!(
+        pruned.stdout.contains("idle") && !pruned.stdout.contains("busy"),
+        "{pruned:?}"
+    );
     assert_eq!(volumes(&d), vec!["busy".to_string()]);
     let dangling = d.shoal(&["volume", "ls", "-q", "-f", "dangling=true"]).ok();
     assert!(dangling.stdout.trim().is_empty(), "{dangling:?}");
@@ -192,7 +304,10 @@ impl PythonPlugin {
             .stdout(Stdio::null())
             .spawn()
             .expect("starting python3");
-        assert!(wait_for(Duration::from_secs(10), || socket.exists()), "the plugin did not start");
+        assert!(
+            wait_for(Duration::from_secs(10), || socket.exists()),
+            "the plugin did not start"
+        );
         PythonPlugin { child, log, root }
     }
 
@@ -202,7 +317,12 @@ impl PythonPlugin {
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|v| (v["call"].as_str().unwrap_or_default().to_string(), v["body"].clone()))
+            .map(|v| {
+                (
+                    v["call"].as_str().unwrap_or_default().to_string(),
+                    v["body"].clone(),
+                )
+            })
             .collect()
     }
 
@@ -213,7 +333,10 @@ impl PythonPlugin {
             .filter(|(c, _)| {
                 matches!(
                     c.as_str(),
-                    "VolumeDriver.Create" | "VolumeDriver.Mount" | "VolumeDriver.Unmount" | "VolumeDriver.Remove"
+                    "VolumeDriver.Create"
+                        | "VolumeDriver.Mount"
+                        | "VolumeDriver.Unmount"
+                        | "VolumeDriver.Remove"
                 )
             })
             .collect()
@@ -238,16 +361,55 @@ fn a_python_volume_plugin_sees_create_mount_unmount_remove() {
     let plugins = work.path().join("plugins");
     let p = PythonPlugin::start(&plugins, "pyplug", work.path(), &[]);
     let dir = plugins.to_string_lossy().into_owned();
-    let Some(d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else { return };
+    let Some(d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else {
+        return;
+    };
     let listed = d.shoal(&["plugin", "ls"]).ok();
-    assert!(listed.stdout.contains("pyplug") && listed.stdout.contains("VolumeDriver"), "{listed:?}");
+    assert!(
+        listed.stdout.contains("pyplug") && listed.stdout.contains("VolumeDriver"),
+        "{listed:?}"
+    );
 
     let m = "type=volume,source=pv,target=/data,volume-driver=pyplug,volume-opt=size=1g";
-    run(&d, &["--mount", m], &["sh", "-c", "echo via-plugin > /data/f"]).ok();
-    assert_eq!(std::fs::read_to_string(p.root.join("pv/f")).expect("in the plugin's directory"), "via-plugin\n");
+    run(
+        &d,
+        &["--mount", m],
+        &["sh", "-c", "echo via-plugin > /data/f"],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(p.root.join("pv/f")).expect("in the plugin's directory"),
+        "via-plugin\n"
+    );
     // Two containers at once: the plugin mounts once, and is unmounted after the last.
-    d.shoal(&["run", "-d", "--network", "none", "--name", "a1", "--mount", m, IMG, "sleep", "100"]).ok();
-    d.shoal(&["run", "-d", "--network", "none", "--name", "a2", "--mount", m, IMG, "sleep", "100"]).ok();
+    d.shoal(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "a1",
+        "--mount",
+        m,
+        IMG,
+        "sleep",
+        "100",
+    ])
+    .ok();
+    d.shoal(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "a2",
+        "--mount",
+        m,
+        IMG,
+        "sleep",
+        "100",
+    ])
+    .ok();
     d.shoal(&["rm", "-f", "a1", "a2"]).ok();
     d.shoal(&["volume", "rm", "pv"]).ok();
 
@@ -272,10 +434,16 @@ fn a_python_volume_plugin_sees_create_mount_unmount_remove() {
         assert!(!id.is_empty());
         assert_eq!(calls[unmount].1["ID"], id, "Unmount names its Mount's ID");
     }
-    assert_ne!(calls[1].1["ID"], calls[3].1["ID"], "each mount has an ID of its own");
+    assert_ne!(
+        calls[1].1["ID"], calls[3].1["ID"],
+        "each mount has an ID of its own"
+    );
     assert!(!p.root.join("pv").exists(), "the plugin removed it");
     let accept = std::fs::read_to_string(&p.log).expect("log");
-    assert!(accept.contains("application/vnd.docker.plugins.v1.2+json"), "{accept}");
+    assert!(
+        accept.contains("application/vnd.docker.plugins.v1.2+json"),
+        "{accept}"
+    );
 }
 
 #[test]
@@ -287,27 +455,54 @@ fn a_plugin_that_crashes_mid_mount_fails_only_its_container() {
     }
     let work = tempfile::tempdir().expect("dir");
     let plugins = work.path().join("plugins");
-    let p = PythonPlugin::start(&plugins, "crashy", work.path(), &["--crash-on", "VolumeDriver.Mount"]);
+    let p = PythonPlugin::start(
+        &plugins,
+        "crashy",
+        work.path(),
+        &["--crash-on", "VolumeDriver.Mount"],
+    );
     let dir = plugins.to_string_lossy().into_owned();
-    let Some(d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else { return };
+    let Some(d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else {
+        return;
+    };
     let m = "type=volume,source=cv,target=/data,volume-driver=crashy";
     let started = std::time::Instant::now();
     let r = run(&d, &["--mount", m], &["true"]);
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr.contains("volume plugin crashy: VolumeDriver.Mount"),
+        r.stderr
+            .contains("volume plugin crashy: VolumeDriver.Mount"),
         "the error names the plugin and the call: {r:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(60), "it gave up in time");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "it gave up in time"
+    );
     drop(p);
     // The daemon serves everyone else; nothing of the failed start is left.
-    let r = run(&d, &["-v", "fine:/data"], &["sh", "-c", "echo ok > /data/f; cat /data/f"]).ok();
+    let r = run(
+        &d,
+        &["-v", "fine:/data"],
+        &["sh", "-c", "echo ok > /data/f; cat /data/f"],
+    )
+    .ok();
     assert_eq!(r.stdout.trim(), "ok");
     let ps = d.shoal(&["container", "ls", "-a", "-q"]).ok();
     assert!(ps.stdout.trim().is_empty(), "{ps:?}");
-    assert!(d.leftover_mounts().iter().all(|m| !m.contains("cv")), "{:?}", d.leftover_mounts());
+    assert!(
+        d.leftover_mounts().iter().all(|m| !m.contains("cv")),
+        "{:?}",
+        d.leftover_mounts()
+    );
     // A plugin that is not there at all is named at once.
-    let r = run(&d, &["--mount", "type=volume,source=x1,target=/d,volume-driver=nosuch"], &["true"]);
+    let r = run(
+        &d,
+        &[
+            "--mount",
+            "type=volume,source=x1,target=/d,volume-driver=nosuch",
+        ],
+        &["true"],
+    );
     assert!(r.stderr.contains("volume plugin nosuch not found"), "{r:?}");
 }
 
@@ -322,19 +517,158 @@ fn a_daemon_restart_under_a_live_container_neither_mounts_nor_unmounts_again() {
     let plugins = work.path().join("plugins");
     let p = PythonPlugin::start(&plugins, "steady", work.path(), &[]);
     let dir = plugins.to_string_lossy().into_owned();
-    let Some(mut d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else { return };
+    let Some(mut d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else {
+        return;
+    };
     let m = "type=volume,source=sv,target=/data,volume-driver=steady";
-    d.shoal(&["run", "-d", "--network", "none", "--name", "live", "--mount", m, IMG, "sleep", "100"]).ok();
+    d.shoal(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "live",
+        "--mount",
+        m,
+        IMG,
+        "sleep",
+        "100",
+    ])
+    .ok();
     let count = |call: &str| p.lifecycle().iter().filter(|(c, _)| c == call).count();
     assert_eq!(count("VolumeDriver.Mount"), 1);
     d.kill9();
     d.restart();
     // The restarted daemon knows the mount; a second container shares it.
-    d.shoal(&["run", "-d", "--network", "none", "--name", "late", "--mount", m, IMG, "sleep", "100"]).ok();
+    d.shoal(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "late",
+        "--mount",
+        m,
+        IMG,
+        "sleep",
+        "100",
+    ])
+    .ok();
     assert_eq!(count("VolumeDriver.Mount"), 1, "{:?}", p.lifecycle());
     assert_eq!(count("VolumeDriver.Unmount"), 0);
     d.shoal(&["rm", "-f", "live"]).ok();
-    assert_eq!(count("VolumeDriver.Unmount"), 0, "the other container still uses it");
+    assert_eq!(
+        count("VolumeDriver.Unmount"),
+        0,
+        "the other container still uses it"
+    );
     d.shoal(&["rm", "-f", "late"]).ok();
     assert_eq!(count("VolumeDriver.Unmount"), 1, "{:?}", p.lifecycle());
+}
+
+fn volume_file(d: &Daemon, volume: &str, file: &str) -> String {
+    let r = d.shoal(&["volume", "inspect", volume]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+    let mp = v[0]["Mountpoint"].as_str().unwrap_or_default().to_string();
+    std::fs::read_to_string(Path::new(&mp).join(file)).unwrap_or_default()
+}
+
+/// The only test of this file whose containers use the bridge (services' tasks do); the
+/// others use --network none, so they never share it.
+#[test]
+fn a_service_keeps_each_slots_volume_and_goes_only_where_its_driver_is() {
+    require_kernel!();
+    let Some(d) = daemon("builtin", &[]) else {
+        return;
+    };
+    d.shoal(&["init"]).ok();
+    d.shoal(&[
+        "service",
+        "create",
+        "--name",
+        "db",
+        "--replicas",
+        "2",
+        "--restart-delay",
+        "100ms",
+        "--mount",
+        "source={{.Service.Name}}-{{.Task.Slot}},target=/data",
+        IMG,
+        "sh",
+        "-c",
+        "echo run >> /data/runs; sleep 1000",
+    ])
+    .ok();
+    assert_eq!(volumes(&d), ["db-1", "db-2"], "a volume per slot");
+    assert!(wait_for(Duration::from_secs(10), || volume_file(
+        &d, "db-1", "runs"
+    ) == "run\n"));
+    // Slot 1's container dies; its replacement finds slot 1's data.
+    let ps = d.shoal(&["container", "ls", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap_or_default();
+    let slot1 = list
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("db.1.")))
+        })
+        .and_then(|c| c["id"].as_str())
+        .map(String::from)
+        .unwrap_or_else(|| panic!("no container of slot 1: {ps:?}"));
+    d.shoal(&["container", "kill", &slot1]).ok();
+    assert!(
+        wait_for(Duration::from_secs(30), || volume_file(&d, "db-1", "runs")
+            == "run\nrun\n"),
+        "slot 1 ran again on its volume: {:?}",
+        volume_file(&d, "db-1", "runs")
+    );
+    assert_eq!(
+        volume_file(&d, "db-2", "runs"),
+        "run\n",
+        "slot 2 was left alone"
+    );
+    let r = d.shoal(&["service", "rm", "db"]).ok();
+    drop(r);
+
+    // A driver no node has: the task waits, saying why.
+    d.shoal(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "far",
+        "--mount",
+        "source=x1,target=/x,volume-driver=nosuch",
+        IMG,
+        "sleep",
+        "100",
+    ])
+    .ok();
+    assert!(
+        wait_for(Duration::from_secs(15), || d
+            .shoal(&["service", "ps", "far", "--no-trunc"])
+            .stdout
+            .contains("lack volume driver nosuch")),
+        "{:?}",
+        d.shoal(&["service", "ps", "far", "--no-trunc"])
+    );
+    d.shoal(&["service", "rm", "far"]).ok();
+    assert!(wait_for(Duration::from_secs(30), || d
+        .shoal(&["container", "ls", "-a", "-q"])
+        .stdout
+        .trim()
+        .is_empty()));
+    // Bad mounts are refused by the managers before anything is made.
+    let r = d.shoal(&[
+        "service",
+        "create",
+        "--name",
+        "bad",
+        "--mount",
+        "type=bind,target=/x",
+        IMG,
+        "true",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("needs a source"), "{r:?}");
 }

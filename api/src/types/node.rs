@@ -60,6 +60,9 @@ pub struct Node {
     /// Its own address on the ingress network (the routing mesh reaches tasks from it).
     #[serde(default)]
     pub ingress_addr: String,
+    /// The volume drivers it has (`local`, and the volume plugins its agent found).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_drivers: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

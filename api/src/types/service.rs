@@ -250,6 +250,10 @@ pub struct ServiceSpec {
     /// The networks its tasks join (ids).
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Volumes, host paths and tmpfs its tasks mount; a volume's name may hold templates
+    /// (`{{.Task.Slot}}`, `{{.Service.Name}}`, `{{.Node.Hostname}}`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<super::Mount>,
     /// How its tasks are reached on those networks.
     #[serde(default)]
     pub endpoint_mode: EndpointMode,

@@ -36,6 +36,10 @@ pub struct CreateArgs {
     /// A network the tasks join, by name or id (repeat for more).
     #[arg(long)]
     pub(super) network: Vec<String>,
+    /// A mount for each task: type=volume|bind|tmpfs,source=..,target=..[,readonly]...;
+    /// a volume's name may hold {{.Task.Slot}}, {{.Service.Name}}, {{.Node.Hostname}}.
+    #[arg(long)]
+    pub(super) mount: Vec<String>,
     #[command(flatten)]
     pub(super) flags: SpecFlags,
     /// Return at once instead of waiting for the tasks.
@@ -90,6 +94,12 @@ pub struct UpdateArgs {
     /// Leave a network (by name or id).
     #[arg(long = "network-rm")]
     pub(super) network_rm: Vec<String>,
+    /// Add a mount (or replace the one with its target).
+    #[arg(long = "mount-add")]
+    pub(super) mount_add: Vec<String>,
+    /// Remove the mount with this target.
+    #[arg(long = "mount-rm")]
+    pub(super) mount_rm: Vec<String>,
     /// The ids of the networks --network-rm names.
     #[arg(skip)]
     pub(super) network_rm_ids: Vec<String>,
@@ -106,6 +116,19 @@ pub struct UpdateArgs {
     pub(super) detach: bool,
     /// The service.
     pub(super) service: String,
+}
+
+fn mounts(flags: &[String]) -> Result<Vec<shoal_api::types::Mount>, UsageError> {
+    let mounts = flags
+        .iter()
+        .map(|m| shoal_api::mount::parse_mount(m).map_err(|e| UsageError(e.0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(t) = shoal_api::convert::duplicate_target(&mounts) {
+        return Err(UsageError(format!(
+            "two mounts have the target {t}: give each target once"
+        )));
+    }
+    Ok(mounts)
 }
 
 fn label_pairs(labels: &[String]) -> Result<Vec<(String, String)>, UsageError> {
@@ -161,6 +184,7 @@ pub(super) fn spec_of(a: &CreateArgs) -> Result<ServiceSpec, UsageError> {
             .collect::<Result<_, _>>()?,
         labels: label_pairs(&a.label)?.into_iter().collect(),
         networks: a.network.clone(),
+        mounts: mounts(&a.mount)?,
         ..Default::default()
     };
     if matches!(mode, ServiceMode::ReplicatedJob | ServiceMode::GlobalJob) {
@@ -222,6 +246,13 @@ pub(super) fn apply_update(a: &UpdateArgs, s: &mut ServiceSpec) -> Result<(), Us
     }
     for (k, v) in label_pairs(&a.label_add)? {
         s.labels.insert(k, v);
+    }
+    let rm: Vec<&str> = a.mount_rm.iter().map(|t| t.trim_end_matches('/')).collect();
+    s.mounts
+        .retain(|m| !rm.contains(&m.target.trim_end_matches('/')));
+    for m in mounts(&a.mount_add)? {
+        s.mounts.retain(|x| x.target != m.target);
+        s.mounts.push(m);
     }
     a.flags.apply(s)?;
     if a.force {

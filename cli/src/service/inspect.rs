@@ -76,6 +76,20 @@ fn pretty(s: &Service) -> String {
     if let Some(h) = &spec.healthcheck {
         let _ = writeln!(o, "Healthcheck:\t{} every {} ms", h.command, h.interval_ms);
     }
+    for m in &spec.mounts {
+        let _ = writeln!(
+            o,
+            "Mount:\t\t{} {} -> {}{}",
+            m.kind.as_str(),
+            if m.source.is_empty() {
+                "(anonymous)"
+            } else {
+                &m.source
+            },
+            m.target,
+            if m.read_only { " (read-only)" } else { "" }
+        );
+    }
     for p in &spec.ports {
         let _ = writeln!(
             o,

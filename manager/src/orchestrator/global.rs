@@ -27,6 +27,10 @@ fn eligible(service: &Service, node: &Node) -> bool {
         },
         ..Default::default()
     };
+    let drivers = crate::pipeline::schedule::volume_drivers(&service.spec);
+    if drivers.iter().any(|d| !node.volume_drivers.contains(d)) {
+        return false;
+    }
     service.spec.constraints.iter().all(|c| {
         Constraint::parse(c)
             .map(|c| c.matches(&info))
@@ -131,6 +135,7 @@ mod tests {
             certs_since: 0,
             data_addr: String::new(),
             ingress_addr: String::new(),
+            volume_drivers: Vec::new(),
         }
     }
 

@@ -90,6 +90,7 @@ fn node_info(n: &Node) -> NodeInfo {
             nano_cpus: n.resources.nano_cpus,
             memory_bytes: n.resources.memory_bytes,
         },
+        volume_drivers: n.volume_drivers.clone(),
     }
 }
 
@@ -123,7 +124,22 @@ fn request(t: &Task) -> TaskRequest {
         max_replicas_per_node: t.spec.max_replicas_per_node,
         host_ports: host_ports(t),
         platforms: Vec::new(),
+        volume_drivers: volume_drivers(&t.spec),
     }
+}
+
+/// The volume drivers a spec's mounts need of a node (not `local`, which every node has).
+pub fn volume_drivers(spec: &shoal_api::types::ServiceSpec) -> Vec<String> {
+    let mut out: Vec<String> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.kind == shoal_api::types::MountType::Volume)
+        .map(|m| m.volume.driver.clone())
+        .filter(|d| !d.is_empty() && d != "local")
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct NodeInfo {
     pub arch: String,
     /// What it can give tasks.
     pub capacity: Resources,
+    /// The volume drivers it has.
+    pub volume_drivers: Vec<String>,
 }
 
 /// A task to place.
@@ -79,6 +81,8 @@ pub struct TaskRequest {
     pub host_ports: Vec<u16>,
     /// Platforms its image runs on, as (os, arch); empty for any.
     pub platforms: Vec<(String, String)>,
+    /// The volume drivers its mounts need (not `local`, which every node has).
+    pub volume_drivers: Vec<String>,
 }
 
 impl TaskRequest {
@@ -91,6 +95,7 @@ impl TaskRequest {
             && self.max_replicas_per_node == other.max_replicas_per_node
             && self.host_ports == other.host_ports
             && self.platforms == other.platforms
+            && self.volume_drivers == other.volume_drivers
     }
 }
 
@@ -132,6 +137,8 @@ enum Refusal {
     NotAvailable,
     Constraints,
     Platform,
+    /// Lacks the request's volume driver at this index.
+    VolumeDriver(u16),
     MaxReplicas,
     HostPort,
     Cpu,
@@ -139,7 +146,14 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn text(self) -> &'static str {
+    fn text(self, t: &TaskRequest) -> String {
+        if let Refusal::VolumeDriver(i) = self {
+            let name = t
+                .volume_drivers
+                .get(usize::from(i))
+                .map_or("?", String::as_str);
+            return format!("lack volume driver {name}");
+        }
         match self {
             Refusal::NotAvailable => "not available",
             Refusal::Constraints => "scheduling constraints not satisfied",
@@ -148,7 +162,9 @@ impl Refusal {
             Refusal::HostPort => "host-mode port already in use",
             Refusal::Cpu => "insufficient cpu",
             Refusal::Memory => "insufficient memory",
+            Refusal::VolumeDriver(_) => "lack a volume driver",
         }
+        .to_string()
     }
 }
 
@@ -228,6 +244,13 @@ impl Scheduler {
             })
         {
             return Some(Refusal::Platform);
+        }
+        if let Some(i) = t
+            .volume_drivers
+            .iter()
+            .position(|d| !n.volume_drivers.contains(d))
+        {
+            return Some(Refusal::VolumeDriver(i as u16));
         }
         None
     }
@@ -332,7 +355,7 @@ impl Scheduler {
                     }
                     None => out.push(Decision::Unschedulable {
                         task_id: t.task_id.clone(),
-                        reason: explain(&dropped, self.nodes.len()),
+                        reason: explain(&dropped, self.nodes.len(), t),
                     }),
                 }
             }
@@ -360,7 +383,7 @@ impl Scheduler {
                     }
                     None => out.push(Decision::Unschedulable {
                         task_id: t.task_id.clone(),
-                        reason: explain(&this_refused, self.nodes.len()),
+                        reason: explain(&this_refused, self.nodes.len(), t),
                     }),
                 }
             }
@@ -411,13 +434,13 @@ fn same_arch(want: &str, have: &str) -> bool {
     norm(want) == norm(have)
 }
 
-fn explain(refused: &BTreeMap<Refusal, u32>, nodes: usize) -> String {
+fn explain(refused: &BTreeMap<Refusal, u32>, nodes: usize, t: &TaskRequest) -> String {
     if nodes == 0 {
         return "no suitable node (the cluster has no nodes)".to_string();
     }
     let parts: Vec<String> = refused
         .iter()
-        .map(|(r, n)| format!("{n} node{}: {}", if *n == 1 { "" } else { "s" }, r.text()))
+        .map(|(r, n)| format!("{n} node{}: {}", if *n == 1 { "" } else { "s" }, r.text(t)))
         .collect();
     format!("no suitable node ({})", parts.join("; "))
 }

@@ -21,6 +21,7 @@ fn node(id: &str) -> NodeInfo {
             nano_cpus: 4_000_000_000,
             memory_bytes: 8 * GIB,
         },
+        volume_drivers: vec!["local".into()],
     }
 }
 
@@ -271,4 +272,25 @@ proptest! {
         let (mut a, mut b) = (make(), make());
         prop_assert_eq!(a.schedule(&tasks("s", n)), b.schedule(&tasks("s", n)));
     }
+}
+
+#[test]
+fn tasks_go_only_to_nodes_with_their_volume_drivers() {
+    let mut with = node("a1");
+    with.volume_drivers.push("nfsplug".into());
+    let mut s = Scheduler::new(vec![with, node("b1"), node("c1")]);
+    let t = TaskRequest {
+        task_id: "t".into(),
+        service_id: "db".into(),
+        volume_drivers: vec!["nfsplug".into()],
+        ..Default::default()
+    };
+    let d = s.schedule(&[t.clone(), t.clone()]);
+    assert_eq!(assigned(&d), vec!["a1", "a1"]);
+    let mut lonely = Scheduler::new(vec![node("b1"), node("c1")]);
+    let d = lonely.schedule(&[t]);
+    assert_eq!(
+        assigned(&d),
+        vec!["X no suitable node (2 nodes: lack volume driver nfsplug)"]
+    );
 }

@@ -55,6 +55,9 @@ impl Manager {
             if !session.data_addr.is_empty() {
                 node.data_addr = session.data_addr.clone();
             }
+            if from_agent {
+                node.volume_drivers = session.volume_drivers.clone();
+            }
             node.manager = node.id == self.node.id
                 || self
                     .store
@@ -167,6 +170,7 @@ fn new_node(id: &str, manager: bool) -> Node {
         certs_since: 0,
         data_addr: String::new(),
         ingress_addr: String::new(),
+        volume_drivers: Vec::new(),
     }
 }
 
@@ -485,6 +489,7 @@ mod tests {
             nano_cpus: 1_000_000_000,
             memory_bytes: 1 << 30,
             data_addr: String::new(),
+            volume_drivers: Vec::new(),
         };
         m.register(&session, true).await.unwrap();
         for _ in 0..6 {

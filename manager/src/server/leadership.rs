@@ -192,6 +192,7 @@ impl Manager {
             nano_cpus: self.node.resources.nano_cpus,
             memory_bytes: self.node.resources.memory_bytes,
             data_addr: String::new(),
+            volume_drivers: Vec::new(),
         };
         if let Err(e) = self.register(&me, false).await {
             tracing::warn!("recording this manager's node: {e}");

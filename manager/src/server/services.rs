@@ -61,6 +61,14 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), Status> {
             ));
         }
     }
+    for m in &spec.mounts {
+        shoal_api::mount::check(m).map_err(|e| Status::invalid_argument(e.0))?;
+    }
+    if let Some(t) = shoal_api::convert::duplicate_target(&spec.mounts) {
+        return bad(format!(
+            "two mounts have the target {t}: give each target once"
+        ));
+    }
     if matches!(
         spec.mode,
         ServiceMode::ReplicatedJob | ServiceMode::GlobalJob

@@ -214,7 +214,9 @@ impl Agent {
         let mut client = DispatcherClient::new(self.channel())
             .max_decoding_message_size(shoal_api::MAX_MESSAGE)
             .max_encoding_message_size(shoal_api::MAX_MESSAGE);
-        let mut stream = client.assignments(self.session.clone()).await?.into_inner();
+        let mut session = self.session.clone();
+        session.volume_drivers = self.engine.volume_drivers();
+        let mut stream = client.assignments(session).await?.into_inner();
         while let Some(set) = stream.message().await? {
             // The networks first: a task starting below joins them. Views that cannot be
             // read leave the networks as they are (tearing them down would cut tasks off).
@@ -491,7 +493,7 @@ impl Agent {
         let spec = {
             let known = self.networks.read().unwrap_or_else(|e| e.into_inner());
             self.executor
-                .prepare(t, &known)
+                .prepare(t, &known, &self.session.hostname)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?
         };
         self.executor.start(spec).await

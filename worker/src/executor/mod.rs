@@ -48,8 +48,9 @@ impl Executor {
         &self,
         task: &Task,
         networks: &HashMap<String, Network>,
+        node_hostname: &str,
     ) -> Result<ContainerSpec, PrepareError> {
-        container_spec(task, networks)
+        container_spec(task, networks, node_hostname)
     }
 
     /// Creates and starts the container of `spec`; returns its id. A container that was

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use shoal_api::mount::{TemplateContext, expand};
 use shoal_api::types::{
-    AttachmentSpec, ContainerResources, ContainerSpec, Network, NetworkMode, PortMapping,
-    PublishMode, Task,
+    AttachmentSpec, ContainerResources, ContainerSpec, MountType, Network, NetworkMode,
+    PortMapping, PublishMode, Task,
 };
 
 /// The label that ties a container to its task.
@@ -28,6 +29,7 @@ pub enum PrepareError {
 pub fn container_spec(
     task: &Task,
     networks: &HashMap<String, Network>,
+    node_hostname: &str,
 ) -> Result<ContainerSpec, PrepareError> {
     let spec = &task.spec;
     let short: String = task.id.chars().take(12).collect();
@@ -51,6 +53,31 @@ pub fn container_spec(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // A volume's name may hold templates: each task (each slot) gets its own volume.
+    let ctx = TemplateContext {
+        service_name: spec.name.clone(),
+        service_id: task.service_id.clone(),
+        task_slot: if task.slot > 0 {
+            task.slot.to_string()
+        } else {
+            task.node_id.clone()
+        },
+        task_id: task.id.clone(),
+        task_name: name.clone(),
+        node_id: task.node_id.clone(),
+        node_hostname: node_hostname.to_string(),
+    };
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.kind == MountType::Volume {
+                m.source = expand(&m.source, &ctx);
+            }
+            m
+        })
+        .collect();
     let labels = BTreeMap::from([
         (TASK_LABEL.to_string(), task.id.clone()),
         (SERVICE_LABEL.to_string(), task.service_id.clone()),
@@ -81,6 +108,7 @@ pub fn container_spec(
             .collect(),
         attachments,
         labels,
+        mounts,
         ..Default::default()
     })
 }
@@ -155,7 +183,7 @@ mod tests {
     #[test]
     fn a_task_becomes_its_container() {
         let known = HashMap::from([("net1".to_string(), net())]);
-        let c = container_spec(&task(), &known).expect("prepared");
+        let c = container_spec(&task(), &known, "host-1").expect("prepared");
         assert_eq!(c.name, "web.2.0123456789ab");
         assert_eq!(c.cmd, ["sleep", "9"]);
         assert_eq!(c.stop_timeout, Some(Duration::from_millis(2_500)));
@@ -177,16 +205,38 @@ mod tests {
     }
 
     #[test]
+    fn volume_names_are_expanded_per_task() {
+        let mut t = task();
+        t.networks.clear();
+        t.spec.mounts = vec![
+            shoal_api::mount::parse_mount("source={{.Service.Name}}-{{.Task.Slot}},target=/data")
+                .expect("mount"),
+            shoal_api::mount::parse_mount("source=logs-{{.Node.Hostname}},target=/logs")
+                .expect("mount"),
+            shoal_api::mount::parse_mount("type=tmpfs,target=/t").expect("mount"),
+        ];
+        let c = container_spec(&t, &HashMap::new(), "host-1").expect("prepared");
+        let sources: Vec<&str> = c.mounts.iter().map(|m| m.source.as_str()).collect();
+        assert_eq!(sources, ["web-2", "logs-host-1", ""]);
+        t.slot = 0;
+        let c = container_spec(&t, &HashMap::new(), "host-1").expect("prepared");
+        assert_eq!(
+            c.mounts[0].source, "web-node-1",
+            "a global task's slot is its node"
+        );
+    }
+
+    #[test]
     fn a_global_task_is_named_by_node_and_an_unknown_network_waits() {
         let mut t = task();
         t.slot = 0;
         t.networks.clear();
         t.spec.stop_grace_period_ms = None;
-        let c = container_spec(&t, &HashMap::new()).expect("prepared");
+        let c = container_spec(&t, &HashMap::new(), "host-1").expect("prepared");
         assert_eq!(c.name, "web.node-1.0123456789ab");
         assert_eq!(c.stop_timeout, None, "the engine's default");
         assert_eq!(
-            container_spec(&task(), &HashMap::new()),
+            container_spec(&task(), &HashMap::new(), "host-1"),
             Err(PrepareError::UnknownNetwork("net1".into()))
         );
     }
