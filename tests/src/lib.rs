@@ -4,6 +4,7 @@
 //! the test fails.
 
 pub mod lab;
+pub mod plugin;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

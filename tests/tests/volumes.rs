@@ -4,10 +4,10 @@
 //! tests of several daemons can run side by side (they share the host's bridge).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shoal_tests::{Daemon, Run, require_kernel, wait_for};
+use shoal_tests::plugin::PythonPlugin;
+use shoal_tests::{Daemon, Run, require_kernel};
 
 const IMG: &str = "busybox";
 
@@ -278,76 +278,6 @@ fn anonymous_volumes_go_with_rm_v_and_in_use_ones_stay(rt: &str) {
     assert!(dangling.stdout.trim().is_empty(), "{dangling:?}");
     d.shoal(&["rm", "-f", "holder"]).ok();
     d.shoal(&["volume", "rm", "busy"]).ok();
-}
-
-/// The Python test plugin, killed on drop.
-struct PythonPlugin {
-    child: Child,
-    log: PathBuf,
-    root: PathBuf,
-}
-
-impl PythonPlugin {
-    fn start(plugins: &Path, name: &str, work: &Path, extra: &[&str]) -> PythonPlugin {
-        std::fs::create_dir_all(plugins).expect("plugin dir");
-        let socket = plugins.join(format!("{name}.sock"));
-        let log = work.join(format!("{name}.calls"));
-        let root = work.join(format!("{name}-volumes"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/volume_plugin.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .args(["--socket", &socket.to_string_lossy()])
-            .args(["--root", &root.to_string_lossy()])
-            .args(["--log", &log.to_string_lossy()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting python3");
-        assert!(
-            wait_for(Duration::from_secs(10), || socket.exists()),
-            "the plugin did not start"
-        );
-        PythonPlugin { child, log, root }
-    }
-
-    /// The calls so far: (call, body).
-    fn calls(&self) -> Vec<(String, serde_json::Value)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|v| {
-                (
-                    v["call"].as_str().unwrap_or_default().to_string(),
-                    v["body"].clone(),
-                )
-            })
-            .collect()
-    }
-
-    /// The `VolumeDriver` calls that make, mount, unmount and remove volumes.
-    fn lifecycle(&self) -> Vec<(String, serde_json::Value)> {
-        self.calls()
-            .into_iter()
-            .filter(|(c, _)| {
-                matches!(
-                    c.as_str(),
-                    "VolumeDriver.Create"
-                        | "VolumeDriver.Mount"
-                        | "VolumeDriver.Unmount"
-                        | "VolumeDriver.Remove"
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for PythonPlugin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

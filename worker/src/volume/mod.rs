@@ -374,7 +374,7 @@ impl Volumes {
             return Ok((m.path, false));
         }
         let d = self.driver(&v.driver)?;
-        let id = shoal_api::id::random_hex(16).map_err(|e| VolumeError::Io(e.to_string()))?;
+        let id = shoal_api::id::random_hex(32).map_err(|e| VolumeError::Io(e.to_string()))?;
         let path = d.mount(&v, &id).await?;
         let state = MountState {
             id: id.clone(),

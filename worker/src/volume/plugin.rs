@@ -356,6 +356,15 @@ impl VolumeDriver for Plugin {
         opts: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<(), VolumeError>> {
         Box::pin(async move {
+            // As Docker does: a volume the plugin has already (made out of band, or by
+            // another node for a cluster-wide plugin) is taken as it is.
+            if self
+                .volume_call("VolumeDriver.Get", json!({"Name": name}))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
             self.volume_call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}))
                 .await
                 .map(|_| ())

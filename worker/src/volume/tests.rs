@@ -220,6 +220,7 @@ async fn a_plugin_is_activated_once_and_counted_mounts_call_it_once() {
                 200,
                 r#"{"Capabilities": {"Scope": "global"}}"#,
             ),
+            ("VolumeDriver.Get", 200, r#"{"Err": "no such volume"}"#),
             ("VolumeDriver.Create", 200, r#"{"Err": ""}"#),
             (
                 "VolumeDriver.Mount",
@@ -260,19 +261,20 @@ async fn a_plugin_is_activated_once_and_counted_mounts_call_it_once() {
         [
             "Plugin.Activate",
             "VolumeDriver.Capabilities",
+            "VolumeDriver.Get",
             "VolumeDriver.Create",
             "VolumeDriver.Mount",
             "VolumeDriver.Unmount",
             "VolumeDriver.Remove"
         ]
     );
-    assert_eq!(calls[2].1["Name"], "pv");
-    assert_eq!(calls[2].1["Opts"]["size"], "1g");
+    assert_eq!(calls[3].1["Name"], "pv");
+    assert_eq!(calls[3].1["Opts"]["size"], "1g");
     assert_eq!(
-        calls[3].1["ID"], calls[4].1["ID"],
+        calls[4].1["ID"], calls[5].1["ID"],
         "Unmount names the Mount's ID"
     );
-    assert!(calls[3].1["ID"].as_str().is_some_and(|id| id.len() == 32));
+    assert!(calls[4].1["ID"].as_str().is_some_and(|id| id.len() == 64));
 }
 
 #[tokio::test]
