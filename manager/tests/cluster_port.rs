@@ -97,6 +97,7 @@ async fn the_cluster_port_enforces_certificates_and_roles() {
     let e = DispatcherClient::new(client.clone())
         .heartbeat(pd::HeartbeatRequest {
             node_id: "alice".into(),
+            volume_drivers: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -134,6 +135,7 @@ async fn the_cluster_port_enforces_certificates_and_roles() {
     let e = DispatcherClient::new(worker.clone())
         .heartbeat(pd::HeartbeatRequest {
             node_id: "m1".into(),
+            volume_drivers: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -147,6 +149,7 @@ async fn the_cluster_port_enforces_certificates_and_roles() {
     let e = DispatcherClient::new(worker)
         .heartbeat(pd::HeartbeatRequest {
             node_id: "w1".into(),
+            volume_drivers: Vec::new(),
         })
         .await
         .unwrap_err();

@@ -298,7 +298,10 @@ async fn fake_worker(
             tokio::select! {
                 _ = beat.tick() => {
                     let alive = up.lock().unwrap().contains(&i);
-                    let hb = pd::HeartbeatRequest { node_id: name.clone() };
+                    let hb = pd::HeartbeatRequest {
+                        node_id: name.clone(),
+                        volume_drivers: Vec::new(),
+                    };
                     if !alive || api.heartbeat(Request::new(hb)).await.is_err() {
                         break;
                     }

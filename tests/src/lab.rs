@@ -156,6 +156,12 @@ impl Lab {
             .collect()
     }
 
+    /// Host `i`'s state: its data and run roots, its daemon's log, and `plugins`, its
+    /// daemon's volume plugin directory.
+    pub fn host_dir(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!("/tmp/shoal-lab-{}/h{i}", self.name))
+    }
+
     /// The lab's name (its state is under /tmp/shoal-lab-NAME).
     pub fn name(&self) -> &str {
         &self.name

@@ -134,6 +134,34 @@ impl Manager {
     }
 
     /// A heartbeat from `node_id`: due again within the timeout.
+    /// Records the volume drivers a node says it now has.
+    pub(super) async fn record_volume_drivers(
+        &self,
+        node_id: &str,
+        drivers: Vec<String>,
+    ) -> Result<(), ClusterError> {
+        for _ in 0..10 {
+            let Some(Versioned {
+                version,
+                value: mut node,
+            }) = self.store.get::<Node>(node_id)?
+            else {
+                return Ok(());
+            };
+            if node.volume_drivers == drivers {
+                return Ok(());
+            }
+            node.volume_drivers = drivers.clone();
+            let written = self.store.apply(Write::update(node, version)).await?;
+            if !matches!(written, CommandResult::Conflict { .. }) {
+                return Ok(());
+            }
+        }
+        Err(ClusterError::Raft(format!(
+            "node {node_id} changed ten times while its volume drivers were being recorded"
+        )))
+    }
+
     pub(super) async fn heartbeat(&self, node_id: &str) -> Result<bool, ClusterError> {
         if self.store.get::<Node>(node_id)?.is_none() {
             return Ok(false);
@@ -274,7 +302,10 @@ impl Dispatcher for ManagerService {
     ) -> Result<Response<pd::HeartbeatReply>, Status> {
         let me = self.caller_checked(&r, &[Role::Manager, Role::Worker], "a heartbeat", false)?;
         let m = self.leading().await?;
-        let node_id = r.into_inner().node_id;
+        let pd::HeartbeatRequest {
+            node_id,
+            volume_drivers,
+        } = r.into_inner();
         same_node(&me, &node_id)?;
         // A demoted manager whose certificate still says manager: that certificate stops
         // counting (the node renews it as a worker on hearing its role).
@@ -291,6 +322,11 @@ impl Dispatcher for ManagerService {
             return Err(Status::not_found(format!(
                 "node {node_id} is not part of this cluster: open a session first (or join again)"
             )));
+        }
+        if !volume_drivers.is_empty() {
+            m.record_volume_drivers(&node_id, volume_drivers)
+                .await
+                .map_err(internal)?;
         }
         Ok(Response::new(pd::HeartbeatReply {
             period_ms: m.options.heartbeat_period.as_millis() as u64,

@@ -63,6 +63,8 @@ pub struct Agent {
     networks: std::sync::RwLock<HashMap<String, Network>>,
     /// Assignments this agent could not read and has reported rejected, at their versions.
     unreadable: Mutex<HashMap<String, u64>>,
+    /// The volume drivers the managers last heard of from this node.
+    told_drivers: std::sync::Mutex<Vec<String>>,
 }
 
 fn update(task_id: &str, state: TaskState, message: impl Into<String>) -> pd::StatusUpdate {
@@ -128,6 +130,7 @@ impl Agent {
             outbox_rx: Mutex::new(Some(rx)),
             networks: Default::default(),
             unreadable: Default::default(),
+            told_drivers: Default::default(),
         })
     }
 
@@ -216,7 +219,9 @@ impl Agent {
             .max_encoding_message_size(shoal_api::MAX_MESSAGE);
         let mut session = self.session.clone();
         session.volume_drivers = self.engine.volume_drivers();
+        let drivers = session.volume_drivers.clone();
         let mut stream = client.assignments(session).await?.into_inner();
+        *self.told_drivers.lock().unwrap_or_else(|e| e.into_inner()) = drivers;
         while let Some(set) = stream.message().await? {
             // The networks first: a task starting below joins them. Views that cannot be
             // read leave the networks as they are (tearing them down would cut tasks off).
@@ -298,18 +303,29 @@ impl Agent {
         }
     }
 
-    /// Heartbeats at the period the manager asks for.
+    /// Heartbeats at the period the manager asks for. A heartbeat carries the node's
+    /// volume drivers when they changed (a plugin started or stopped), so the scheduler
+    /// learns of them within a period.
     async fn heartbeats(self: Arc<Self>) {
         loop {
+            let drivers = self.engine.volume_drivers();
+            let changed = {
+                let told = self.told_drivers.lock().unwrap_or_else(|e| e.into_inner());
+                !told.is_empty() && *told != drivers
+            };
             let period = match DispatcherClient::new(self.channel())
                 .max_decoding_message_size(shoal_api::MAX_MESSAGE)
                 .max_encoding_message_size(shoal_api::MAX_MESSAGE)
                 .heartbeat(pd::HeartbeatRequest {
                     node_id: self.session.node_id.clone(),
+                    volume_drivers: if changed { drivers.clone() } else { Vec::new() },
                 })
                 .await
             {
                 Ok(r) => {
+                    if changed {
+                        *self.told_drivers.lock().unwrap_or_else(|e| e.into_inner()) = drivers;
+                    }
                     let r = r.into_inner();
                     if !r.role.is_empty() {
                         (self.news)(News::Role(r.role));

@@ -231,13 +231,15 @@ impl Volumes {
 
     /// The volume drivers this node has: local, and every plugin found.
     pub fn driver_names(&self) -> Vec<String> {
+        let mut plugins: Vec<String> = plugin::discover(&self.config.plugin_dirs)
+            .into_iter()
+            .filter(|f| f.address.is_ok() && f.name != LOCAL)
+            .map(|f| f.name)
+            .collect();
+        plugins.sort();
+        plugins.dedup();
         let mut out = vec![LOCAL.to_string()];
-        out.extend(
-            plugin::discover(&self.config.plugin_dirs)
-                .into_iter()
-                .filter(|f| f.address.is_ok())
-                .map(|f| f.name),
-        );
+        out.extend(plugins);
         out
     }
 
@@ -298,7 +300,9 @@ impl Volumes {
         let lock = self.lock(&name);
         let _held = lock.lock().await;
         if let Some(v) = self.store.volume(&name)? {
-            if v.driver != driver_name {
+            // A mount that names no driver takes the volume of that name as it is (as
+            // Docker does); one that names another driver is a conflict.
+            if !driver.is_empty() && v.driver != driver {
                 return Err(VolumeError::Conflict(format!(
                     "volume {name} exists already with driver {}: remove it first, or name another",
                     v.driver

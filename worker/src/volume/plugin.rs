@@ -213,6 +213,7 @@ impl Plugin {
             }
         };
         let (status, bytes) = answer;
+        tracing::debug!(plugin = %self.name, call, status, ms = started.elapsed().as_secs_f64() * 1e3, "plugin call");
         let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
         if status != 200 {
             let text = match &parsed {

@@ -34,6 +34,13 @@ async fn local_volumes_are_made_counted_and_removed() {
         data,
         "making it again is no error and changes nothing"
     );
+    assert_eq!(
+        v.create(Some("data"), "", &none, &none, false)
+            .await
+            .expect("no driver named"),
+        data,
+        "a mount naming no driver takes the volume as it is"
+    );
     let e = v
         .create(Some("data"), "nfsplug", &none, &none, false)
         .await
