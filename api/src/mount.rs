@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::types::{Mount, MountType, Propagation, TmpfsOptions};
+use crate::types::{Mount, MountType, Propagation, Task, TmpfsOptions};
 
 /// A mount that cannot be made; the message names the key or part and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +103,43 @@ pub fn expand(source: &str, ctx: &TemplateContext) -> String {
         out = out.replace(t, v);
     }
     out
+}
+
+impl TemplateContext {
+    /// What `task`'s templates expand to on the node called `node_hostname`.
+    pub fn for_task(task: &Task, node_hostname: &str) -> TemplateContext {
+        TemplateContext {
+            service_name: task.spec.name.clone(),
+            service_id: task.service_id.clone(),
+            // A global task has no slot: its node stands for it.
+            task_slot: if task.slot > 0 {
+                task.slot.to_string()
+            } else {
+                task.node_id.clone()
+            },
+            task_id: task.id.clone(),
+            task_name: task.container_name(),
+            node_id: task.node_id.clone(),
+            node_hostname: node_hostname.to_string(),
+        }
+    }
+}
+
+/// `task`'s mounts on the node called `node_hostname`, its volumes' names expanded (each
+/// slot gets a volume of its own where the name says so).
+pub fn task_mounts(task: &Task, node_hostname: &str) -> Vec<Mount> {
+    let ctx = TemplateContext::for_task(task, node_hostname);
+    task.spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.kind == MountType::Volume {
+                m.source = expand(&m.source, &ctx);
+            }
+            m
+        })
+        .collect()
 }
 
 /// Whether a volume name is valid once its templates are expanded (with stand-ins).

@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::control as pc;
 use crate::dispatcher as pd;
-use crate::types::{AttachmentSpec, NetworkSpec, NetworkView, ServiceSpec, Task, TaskState};
+use crate::types::{
+    AttachmentSpec, NetworkSpec, NetworkView, ServiceSpec, Task, TaskState, Volume,
+};
 
 /// An object that could not be put on the wire or read from it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +187,21 @@ impl pd::AttachReply {
     /// The network and the address the container got.
     pub fn attachment(&self) -> Result<AttachmentSpec, WireError> {
         decode("network attachment", &self.attachment_json)
+    }
+}
+
+impl pd::RecordVolumeRequest {
+    /// Node `node_id` tells of `volume`, a volume of cluster-wide scope.
+    pub fn new(node_id: &str, volume: &Volume) -> Result<Self, WireError> {
+        Ok(pd::RecordVolumeRequest {
+            node_id: node_id.to_string(),
+            volume_json: encode("volume", volume)?,
+        })
+    }
+
+    /// The volume the node tells of.
+    pub fn volume(&self) -> Result<Volume, WireError> {
+        decode("volume", &self.volume_json)
     }
 }
 

@@ -1,12 +1,16 @@
 //! `shoal volume create|ls|inspect|rm|prune` and `shoal plugin ls`: this node's volumes and
-//! the volume plugins it found, through its engine.
+//! the volume plugins it found, through its engine; `volume ls --cluster`: the volumes of
+//! cluster-wide scope the managers recorded.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
 
 use clap::Subcommand;
+use shoal_api::control as pc;
+use shoal_api::control::control_client::ControlClient;
 use shoal_api::engine as pb;
 use shoal_api::engine::volumes_client::VolumesClient;
+use shoal_api::types::ClusterVolume;
 use tonic::transport::Channel;
 
 use crate::UsageError;
@@ -43,6 +47,10 @@ pub enum VolumeCommand {
         /// `table` (default) or `json`.
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
+        /// The volumes of cluster-wide scope the managers recorded (on a manager), instead
+        /// of this node's.
+        #[arg(long, conflicts_with = "filter")]
+        cluster: bool,
     },
     /// Show volumes in detail (JSON).
     Inspect {
@@ -97,6 +105,43 @@ async fn client(host: &Host) -> anyhow::Result<VolumesClient<Channel>> {
     Ok(VolumesClient::new(connect(host).await?)
         .max_decoding_message_size(shoal_api::MAX_MESSAGE)
         .max_encoding_message_size(shoal_api::MAX_MESSAGE))
+}
+
+/// `volume ls --cluster`.
+async fn list_cluster(host: &Host, quiet: bool, format: &str) -> anyhow::Result<()> {
+    let objects = ControlClient::new(connect(host).await?)
+        .max_decoding_message_size(shoal_api::MAX_MESSAGE)
+        .list_volumes(pc::ListRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .objects;
+    let mut volumes: Vec<ClusterVolume> = shoal_api::wire::decode_all(&objects)?;
+    volumes.sort_by(|a, b| a.volume.name.cmp(&b.volume.name));
+    if quiet {
+        for v in &volumes {
+            println!("{}", v.volume.name);
+        }
+    } else if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&volumes)?);
+    } else {
+        let rows: Vec<Vec<String>> = volumes
+            .iter()
+            .map(|v| {
+                vec![
+                    v.volume.driver.clone(),
+                    v.volume.name.clone(),
+                    v.volume.scope.as_str().to_string(),
+                    v.node_id.chars().take(12).collect(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(&["DRIVER", "VOLUME NAME", "SCOPE", "RECORDED BY"], &rows)
+        );
+    }
+    Ok(())
 }
 
 /// A volume as `inspect` shows it (Docker's keys).
@@ -157,8 +202,15 @@ pub async fn run(host: &Host, cmd: VolumeCommand) -> anyhow::Result<()> {
         }
         VolumeCommand::Ls {
             quiet,
+            format,
+            cluster: true,
+            ..
+        } => list_cluster(host, quiet, &format).await?,
+        VolumeCommand::Ls {
+            quiet,
             filter,
             format,
+            cluster: false,
         } => {
             let volumes = client(host)
                 .await?

@@ -3,7 +3,7 @@
 //! managers read live here.
 
 use serde::{Deserialize, Serialize};
-use shoal_api::types::{AddrPool, Attachment, Network, Node, Service, Task};
+use shoal_api::types::{AddrPool, Attachment, ClusterVolume, Network, Node, Service, Task};
 
 use crate::ca::Ca;
 use crate::store::{Kind, Object};
@@ -18,6 +18,7 @@ pub const KINDS: &[Kind] = &[
     Kind::of::<Attachment>(),
     Kind::of::<ClusterRecord>(),
     Kind::of::<RemovedNode>(),
+    Kind::of::<ClusterVolume>(),
 ];
 
 impl Object for Service {
@@ -52,6 +53,13 @@ impl Object for Attachment {
     const KIND: &'static str = "attachment";
     fn id(&self) -> &str {
         &self.id
+    }
+}
+
+impl Object for ClusterVolume {
+    const KIND: &'static str = "volume";
+    fn id(&self) -> &str {
+        &self.volume.name
     }
 }
 

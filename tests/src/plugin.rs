@@ -20,6 +20,7 @@ impl PythonPlugin {
     /// Starts the plugin `name` with its socket in `plugins` and its files in `work`.
     pub fn start(plugins: &Path, name: &str, work: &Path, extra: &[&str]) -> PythonPlugin {
         std::fs::create_dir_all(plugins).expect("plugin dir");
+        std::fs::create_dir_all(work).expect("plugin work dir");
         let socket = plugins.join(format!("{name}.sock"));
         let log = work.join(format!("{name}.calls"));
         let root = work.join(format!("{name}-volumes"));

@@ -88,6 +88,20 @@ impl Dispatcher for FakeDispatcher {
     ) -> Result<Response<pd::DetachReply>, Status> {
         Ok(Response::new(pd::DetachReply {}))
     }
+
+    async fn record_volume(
+        &self,
+        _r: Request<pd::RecordVolumeRequest>,
+    ) -> Result<Response<pd::RecordVolumeReply>, Status> {
+        Ok(Response::new(pd::RecordVolumeReply {}))
+    }
+
+    async fn release_volume(
+        &self,
+        _r: Request<pd::ReleaseVolumeRequest>,
+    ) -> Result<Response<pd::ReleaseVolumeReply>, Status> {
+        Ok(Response::new(pd::ReleaseVolumeReply {}))
+    }
 }
 
 fn task(id: &str) -> Task {

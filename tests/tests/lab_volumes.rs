@@ -2,7 +2,9 @@
 //! per-slot volume lives on the node its task runs on and outlives the task's container;
 //! a volume plugin that only one host has, started after the cluster, draws every task
 //! that needs it to that host (the node tells the managers of the new driver in its
-//! heartbeat), and the plugin sees each task's Mount and Unmount.
+//! heartbeat), and the plugin sees each task's Mount and Unmount; a volume of a plugin of
+//! cluster-wide scope is recorded by the managers, and one node cannot remove it while a
+//! task on another mounts it.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -156,4 +158,95 @@ fn slot_volumes_stay_with_their_node_and_a_plugin_draws_its_tasks() {
             .iter()
             .any(|(c, _)| c == "VolumeDriver.Remove")
     );
+
+    drop(plugin);
+
+    // A plugin of cluster-wide scope on h2 and h3, over one store (as a network
+    // filesystem would be): one volume for the cluster.
+    let shared = lab.host_dir(1).join("global-volumes");
+    let shared_arg = shared.to_string_lossy().to_string();
+    let global = ["--root", shared_arg.as_str(), "--scope", "global"];
+    let _g2 = PythonPlugin::start(
+        &lab.host_dir(2).join("plugins"),
+        "gplug",
+        &lab.host_dir(2).join("g"),
+        &global,
+    );
+    let _g3 = PythonPlugin::start(
+        &lab.host_dir(3).join("plugins"),
+        "gplug",
+        &lab.host_dir(3).join("g"),
+        &global,
+    );
+    lab.shoal_ok(
+        1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "g",
+            "--constraint",
+            "node.hostname==h3",
+            "--mount",
+            "type=volume,source=shared,target=/data,volume-driver=gplug",
+            "busybox:test",
+            "sh",
+            "-c",
+            "echo from-h3 > /data/note; sleep 1000",
+        ],
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || lab
+            .task_containers(3, "g")
+            .len()
+            == 1),
+        "g runs on h3: {}",
+        ps(&lab, "g")
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || lab
+            .shoal(1, &["volume", "ls", "--cluster", "-q"])
+            .1
+            == "shared\n"),
+        "the managers recorded the volume: {:?}",
+        lab.shoal(1, &["volume", "ls", "--cluster"])
+    );
+    // h2 takes the same volume (the plugin has it already) and sees h3's data.
+    lab.shoal_ok(2, &["volume", "create", "-d", "gplug", "shared"]);
+    let seen = lab.shoal_ok(
+        2,
+        &[
+            "container",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            "shared:/data",
+            "busybox:test",
+            "cat",
+            "/data/note",
+        ],
+    );
+    assert_eq!(seen, "from-h3\n");
+    // h2 may not remove it while h3's task mounts it, and keeps it.
+    let (code, _, err) = lab.shoal(2, &["volume", "rm", "shared"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("in use by task g.1.") && err.contains("on node h3"),
+        "{err}"
+    );
+    assert_eq!(volumes(&lab, 2), ["shared"]);
+    // Once the service is gone, it may.
+    lab.shoal_ok(1, &["service", "rm", "g"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || lab
+            .shoal(2, &["volume", "rm", "shared"])
+            .0
+            == 0),
+        "{:?}",
+        lab.shoal(2, &["volume", "rm", "shared"])
+    );
+    assert_eq!(lab.shoal_ok(1, &["volume", "ls", "--cluster", "-q"]), "");
 }

@@ -280,17 +280,25 @@ fn anonymous_volumes_go_with_rm_v_and_in_use_ones_stay(rt: &str) {
     d.shoal(&["volume", "rm", "busy"]).ok();
 }
 
-#[test]
-fn a_python_volume_plugin_sees_create_mount_unmount_remove() {
-    require_kernel!();
+/// The Python test plugin `name` (with `extra` flags) in a fresh directory, and that
+/// directory's plugin dir for `--plugin-dir`; None (with the reason printed) without python3.
+fn python_plugin(name: &str, extra: &[&str]) -> Option<(tempfile::TempDir, PythonPlugin, String)> {
     if which("python3").is_none() {
         eprintln!("SKIPPED: needs python3");
-        return;
+        return None;
     }
     let work = tempfile::tempdir().expect("dir");
     let plugins = work.path().join("plugins");
-    let p = PythonPlugin::start(&plugins, "pyplug", work.path(), &[]);
-    let dir = plugins.to_string_lossy().into_owned();
+    let p = PythonPlugin::start(&plugins, name, work.path(), extra);
+    Some((work, p, plugins.to_string_lossy().into_owned()))
+}
+
+#[test]
+fn a_python_volume_plugin_sees_create_mount_unmount_remove() {
+    require_kernel!();
+    let Some((_work, p, dir)) = python_plugin("pyplug", &[]) else {
+        return;
+    };
     let Some(d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else {
         return;
     };
@@ -377,21 +385,61 @@ fn a_python_volume_plugin_sees_create_mount_unmount_remove() {
 }
 
 #[test]
+fn volumes_a_plugin_has_are_listed_and_taken_by_mounts_that_name_no_driver() {
+    require_kernel!();
+    let Some((_work, p, dir)) = python_plugin("oob", &[]) else {
+        return;
+    };
+    // A volume the plugin has that this node never made (out of band, or another host's).
+    std::fs::create_dir_all(p.root.join("elsewhere")).expect("dir");
+    std::fs::write(p.root.join("elsewhere/note"), "made elsewhere\n").expect("write");
+    let Some(d) = daemon("builtin", &["--plugin-dir", &dir]) else {
+        return;
+    };
+    d.shoal(&["volume", "create", "mine"]).ok();
+    let ls = d.shoal(&["volume", "ls"]).ok().stdout;
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("oob") && l.ends_with("elsewhere")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("local") && l.ends_with("mine")),
+        "{ls}"
+    );
+    let inspect = d.shoal(&["volume", "inspect", "elsewhere"]).ok().stdout;
+    assert!(inspect.contains("\"Driver\": \"oob\""), "{inspect}");
+    // `-v NAME:/path` names no driver: the plugin's volume of that name, not a new local one.
+    let out = run(&d, &["-v", "elsewhere:/data"], &["cat", "/data/note"]).ok();
+    assert_eq!(out.stdout, "made elsewhere\n");
+    assert!(
+        p.lifecycle()
+            .iter()
+            .any(|(c, b)| c == "VolumeDriver.Mount" && b["Name"] == "elsewhere"),
+        "{:?}",
+        p.lifecycle()
+    );
+    assert!(
+        p.lifecycle()
+            .iter()
+            .all(|(c, _)| c != "VolumeDriver.Create"),
+        "Get found it: no Create: {:?}",
+        p.lifecycle()
+    );
+    // A bad filter is refused before any plugin is asked.
+    let bad = d.shoal(&["volume", "ls", "-f", "colour=red"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("colour"), "{bad:?}");
+}
+
+#[test]
 fn a_plugin_that_crashes_mid_mount_fails_only_its_container() {
     require_kernel!();
-    if which("python3").is_none() {
-        eprintln!("SKIPPED: needs python3");
+    let Some((_work, p, dir)) = python_plugin("crashy", &["--crash-on", "VolumeDriver.Mount"])
+    else {
         return;
-    }
-    let work = tempfile::tempdir().expect("dir");
-    let plugins = work.path().join("plugins");
-    let p = PythonPlugin::start(
-        &plugins,
-        "crashy",
-        work.path(),
-        &["--crash-on", "VolumeDriver.Mount"],
-    );
-    let dir = plugins.to_string_lossy().into_owned();
+    };
     let Some(d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else {
         return;
     };
@@ -439,14 +487,9 @@ fn a_plugin_that_crashes_mid_mount_fails_only_its_container() {
 #[test]
 fn a_daemon_restart_under_a_live_container_neither_mounts_nor_unmounts_again() {
     require_kernel!();
-    if which("python3").is_none() {
-        eprintln!("SKIPPED: needs python3");
+    let Some((_work, p, dir)) = python_plugin("steady", &[]) else {
         return;
-    }
-    let work = tempfile::tempdir().expect("dir");
-    let plugins = work.path().join("plugins");
-    let p = PythonPlugin::start(&plugins, "steady", work.path(), &[]);
-    let dir = plugins.to_string_lossy().into_owned();
+    };
     let Some(mut d) = daemon("builtin", &["--plugin-dir", &dir, "--plugin-timeout", "5s"]) else {
         return;
     };

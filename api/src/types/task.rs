@@ -134,6 +134,20 @@ pub struct Task {
     pub status: TaskStatus,
 }
 
+impl Task {
+    /// The name of the task's container: `SERVICE.SLOT.ID` (global tasks: `SERVICE.NODE.ID`),
+    /// with ids cut to 12 characters.
+    pub fn container_name(&self) -> String {
+        let short: String = self.id.chars().take(12).collect();
+        if self.slot > 0 {
+            format!("{}.{}.{short}", self.spec.name, self.slot)
+        } else {
+            let node: String = self.node_id.chars().take(12).collect();
+            format!("{}.{node}.{short}", self.spec.name)
+        }
+    }
+}
+
 impl std::str::FromStr for TaskState {
     type Err = String;
 

@@ -52,6 +52,17 @@ pub struct Volume {
     pub anonymous: bool,
 }
 
+/// A volume of cluster-wide (global) scope, as the managers record it: one for the
+/// cluster, whichever node made it first; a node that removes it asks the managers first,
+/// and they refuse while a task on another node mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterVolume {
+    /// The volume as the node that recorded it first knew it (`mountpoint` is that node's).
+    pub volume: Volume,
+    /// The node that recorded it first.
+    pub node_id: String,
+}
+
 /// A volume plugin found on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginInfo {

@@ -5,7 +5,7 @@ use shoal_api::control as pc;
 use shoal_api::control::control_server::Control;
 use tonic::{Request, Response, Status};
 
-use super::{ManagerService, cluster_info, networks, nodes, services};
+use super::{ManagerService, cluster_info, networks, nodes, services, volumes};
 
 #[tonic::async_trait]
 impl Control for ManagerService {
@@ -146,5 +146,12 @@ impl Control for ManagerService {
         r: Request<pc::ListRequest>,
     ) -> Result<Response<pc::ListReply>, Status> {
         networks::list_call(self, r).await
+    }
+
+    async fn list_volumes(
+        &self,
+        r: Request<pc::ListRequest>,
+    ) -> Result<Response<pc::ListReply>, Status> {
+        volumes::list_call(self, r).await
     }
 }

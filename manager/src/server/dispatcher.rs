@@ -15,7 +15,7 @@ use shoal_api::types::{
 use tonic::{Request, Response, Status};
 
 use super::auth::same_node;
-use super::{BoxStream, Manager, ManagerService, internal, networks};
+use super::{BoxStream, Manager, ManagerService, internal, networks, volumes};
 use crate::ca::Role;
 use crate::cluster::ClusterError;
 use crate::store::{CommandResult, Snapshot, Versioned, Write};
@@ -365,6 +365,30 @@ impl Dispatcher for ManagerService {
         same_node(&me, &req.node_id)?;
         networks::detach_container(&m, &req.node_id, &req.container_id).await?;
         Ok(Response::new(pd::DetachReply {}))
+    }
+
+    async fn record_volume(
+        &self,
+        r: Request<pd::RecordVolumeRequest>,
+    ) -> Result<Response<pd::RecordVolumeReply>, Status> {
+        let me = self.caller(&r, &[Role::Manager, Role::Worker], "a volume record")?;
+        let m = self.leading().await?;
+        let req = r.into_inner();
+        same_node(&me, &req.node_id)?;
+        volumes::record(&m, &req).await?;
+        Ok(Response::new(pd::RecordVolumeReply {}))
+    }
+
+    async fn release_volume(
+        &self,
+        r: Request<pd::ReleaseVolumeRequest>,
+    ) -> Result<Response<pd::ReleaseVolumeReply>, Status> {
+        let me = self.caller(&r, &[Role::Manager, Role::Worker], "a volume release")?;
+        let m = self.leading().await?;
+        let req = r.into_inner();
+        same_node(&me, &req.node_id)?;
+        volumes::release(&m, &req.node_id, &req.name).await?;
+        Ok(Response::new(pd::ReleaseVolumeReply {}))
     }
 
     async fn update_status(

@@ -27,6 +27,7 @@ mod nodes;
 mod peers;
 mod roles;
 mod services;
+mod volumes;
 
 pub use leadership::{Manager, ManagerOptions, SelfNode};
 pub use peers::{LEADER_KEY, client_tls};

@@ -138,7 +138,7 @@ impl Agent {
     /// sends status batches alongside.
     pub async fn run(self: Arc<Self>) {
         self.engine
-            .set_attacher(Some(Arc::new(Link(Arc::downgrade(&self)))));
+            .set_cluster_link(Some(Arc::new(Link(Arc::downgrade(&self)))));
         if let Some(rx) = self.outbox_rx.lock().await.take() {
             self.spawn(self.clone().send_status(rx));
         }
@@ -178,7 +178,7 @@ impl Agent {
     /// each with its grace period, and removed.
     pub async fn stop(&self, remove_tasks: bool) {
         let _ = self.stop.send(true);
-        self.engine.set_attacher(None);
+        self.engine.set_cluster_link(None);
         if remove_tasks {
             remove_task_containers(&self.engine).await;
             self.engine.leave_cluster_networks().await;

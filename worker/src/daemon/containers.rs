@@ -274,7 +274,7 @@ fn mount_points(engine: &Engine, r: &ContainerRecord) -> Vec<pb::MountPoint> {
         .iter()
         .map(|m| {
             let volume = (m.kind == MountType::Volume)
-                .then(|| engine.volume_inspect(&m.source).ok())
+                .then(|| engine.volume_record(&m.source))
                 .flatten();
             pb::MountPoint {
                 r#type: m.kind.as_str().into(),
@@ -285,10 +285,10 @@ fn mount_points(engine: &Engine, r: &ContainerRecord) -> Vec<pb::MountPoint> {
                 },
                 driver: volume
                     .as_ref()
-                    .map(|v| v.volume.driver.clone())
+                    .map(|v| v.driver.clone())
                     .unwrap_or_default(),
                 source: match (&volume, m.kind) {
-                    (Some(v), _) => v.volume.mountpoint.clone(),
+                    (Some(v), _) => v.mountpoint.clone(),
                     (None, MountType::Bind) => m.source.clone(),
                     _ => String::new(),
                 },

@@ -59,6 +59,7 @@ impl Volumes for VolumesService {
         let volumes = self
             .engine
             .volume_list(&filters)
+            .await
             .map_err(status)?
             .into_iter()
             .map(info)
@@ -73,6 +74,7 @@ impl Volumes for VolumesService {
         let u = self
             .engine
             .volume_inspect(&request.into_inner().name)
+            .await
             .map_err(status)?;
         Ok(Response::new(info(u)))
     }

@@ -17,7 +17,7 @@ impl Engine {
     pub async fn create(&self, mut spec: ContainerSpec) -> Result<ContainerRecord, EngineError> {
         validate(&spec)?;
         if let NetworkMode::Cluster(name) = &spec.network
-            && self.attacher().is_none()
+            && self.cluster_link().is_none()
         {
             return Err(EngineError::Invalid(format!(
                 "network \"{name}\" not found: use bridge, host or none (cluster networks need this node in a cluster)"

@@ -63,7 +63,7 @@ impl Engine {
             Err(e) => {
                 if made.cluster_attached
                     && !self.cluster.has(&record.id).await
-                    && let Some(a) = self.attacher()
+                    && let Some(a) = self.cluster_link()
                 {
                     a.detach(record.id.clone()).await;
                 }
@@ -162,12 +162,14 @@ impl Engine {
         let mut joins = spec.attachments.clone();
         if let NetworkMode::Cluster(name) = &spec.network {
             // A standalone container on an attachable cluster network.
-            let attacher = self.attacher().ok_or_else(|| EngineError::StartFailed {
-                message: format!(
-                    "network {name} is a cluster network and this node is not in a cluster"
-                ),
-                exit_code: 125,
-            })?;
+            let attacher = self
+                .cluster_link()
+                .ok_or_else(|| EngineError::StartFailed {
+                    message: format!(
+                        "network {name} is a cluster network and this node is not in a cluster"
+                    ),
+                    exit_code: 125,
+                })?;
             let a = attacher
                 .attach(name.clone(), record.id.clone(), record.name.clone())
                 .await
@@ -321,7 +323,7 @@ impl Engine {
             .is_ok_and(|e| matches!(e.snapshot().spec.network, NetworkMode::Cluster(_)));
         if standalone
             && self.cluster.has(id).await
-            && let Some(a) = self.attacher()
+            && let Some(a) = self.cluster_link()
         {
             // Only a standalone container's attachment is the engine's to give back
             // (tasks' addresses go with their tasks).

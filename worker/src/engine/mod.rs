@@ -126,12 +126,15 @@ pub struct Engine {
     /// with `--rm` still gets its answer: (id, name, exit code, removed at).
     pub(crate) removed: Mutex<Vec<(String, String, i32, std::time::Instant)>>,
     /// Set while the node is in a cluster.
-    attacher: std::sync::RwLock<Option<Arc<dyn ClusterAttacher>>>,
+    link: std::sync::RwLock<Option<Arc<dyn ClusterLink>>>,
+    /// The volumes of cluster-wide scope this daemon has told the managers of.
+    pub(crate) recorded_volumes: Mutex<std::collections::HashSet<String>>,
 }
 
-/// How the engine asks the managers for a standalone container's place on an attachable
-/// cluster network (the node's agent answers, over its session).
-pub trait ClusterAttacher: Send + Sync {
+/// How the engine reaches the managers while the node is in a cluster (the node's agent
+/// answers, over its session): for a standalone container's place on an attachable
+/// cluster network, and for volumes of cluster-wide scope.
+pub trait ClusterLink: Send + Sync {
     /// Joins container `container_id` (named `name`) to `network`: its address there.
     fn attach(
         &self,
@@ -141,6 +144,17 @@ pub trait ClusterAttacher: Send + Sync {
     ) -> futures::future::BoxFuture<'static, Result<shoal_api::types::AttachmentSpec, String>>;
     /// The container left its cluster networks.
     fn detach(&self, container_id: String) -> futures::future::BoxFuture<'static, ()>;
+    /// This node made (or found) `volume`, of cluster-wide scope.
+    fn record_volume(
+        &self,
+        volume: shoal_api::types::Volume,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>>;
+    /// This node is about to remove volume `name`, of cluster-wide scope: an error (the
+    /// managers' refusal) says why it must not.
+    fn release_volume(
+        &self,
+        name: String,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>>;
 }
 
 /// How long a removed container's exit code stays known to `wait`.
@@ -185,7 +199,8 @@ impl Engine {
             volumes,
             containers: Mutex::new(HashMap::new()),
             removed: Mutex::new(Vec::new()),
-            attacher: std::sync::RwLock::new(None),
+            link: std::sync::RwLock::new(None),
+            recorded_volumes: Mutex::new(Default::default()),
         });
         engine.restore().await?;
         Ok(engine)
@@ -201,15 +216,17 @@ impl Engine {
     }
 
     /// Sets (or, with None, clears) how standalone containers join cluster networks.
-    pub fn set_attacher(&self, attacher: Option<Arc<dyn ClusterAttacher>>) {
-        *self.attacher.write().unwrap_or_else(|e| e.into_inner()) = attacher;
+    pub fn set_cluster_link(&self, link: Option<Arc<dyn ClusterLink>>) {
+        *self.link.write().unwrap_or_else(|e| e.into_inner()) = link;
+        // A new cluster (or none) has heard of none of this node's volumes.
+        self.recorded_volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
-    pub(crate) fn attacher(&self) -> Option<Arc<dyn ClusterAttacher>> {
-        self.attacher
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub(crate) fn cluster_link(&self) -> Option<Arc<dyn ClusterLink>> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Removes every cluster network of this node (it leaves its cluster).

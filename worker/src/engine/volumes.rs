@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Mount as OciMount;
-use shoal_api::types::{ContainerSpec, Mount, MountType, Volume};
+use shoal_api::types::{ContainerSpec, Mount, MountType, Volume, VolumeScope};
 
 use super::{Engine, EngineError};
 use crate::runtime::fsutil::secure_join;
@@ -86,6 +86,7 @@ impl Engine {
                 .await;
             match made {
                 Ok(v) => {
+                    self.record_global(&v).await;
                     if anon {
                         anonymous.push(v.name.clone());
                     }
@@ -225,30 +226,116 @@ impl Engine {
                 false,
             )
             .await?;
+        self.record_global(&v).await;
         Ok(VolumeUse {
             used_by: self.referring(&v.name),
             volume: v,
         })
     }
 
-    /// Volume `name` and its users.
-    pub fn volume_inspect(&self, name: &str) -> Result<VolumeUse, EngineError> {
+    /// Tells the managers of a volume of cluster-wide scope, once per daemon and
+    /// cluster. A node out of touch with them keeps using the volume, and says so.
+    async fn record_global(&self, v: &Volume) {
+        if v.scope != VolumeScope::Global {
+            return;
+        }
+        let Some(link) = self.cluster_link() else {
+            return;
+        };
+        if !self
+            .recorded_volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(v.name.clone())
+        {
+            return;
+        }
+        if let Err(e) = link.record_volume(v.clone()).await {
+            tracing::warn!(volume = %v.name, "telling the managers of a cluster-wide volume: {e}");
+            self.recorded_volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&v.name);
+        }
+    }
+
+    /// Removes volume `name` unless a container here refers to it, or (cluster-wide
+    /// scope) the managers say a task elsewhere mounts it; `force` takes the record even
+    /// when the driver cannot remove the volume, or the managers cannot be asked.
+    async fn remove_volume(&self, name: &str, force: bool) -> Result<(), EngineError> {
         let v = self.volumes.get(name)?;
+        let users = self.referring(name);
+        if !users.is_empty() {
+            return Err(VolumeError::InUse {
+                name: name.to_string(),
+                users: users.iter().map(|u| format!("container {u}")).collect(),
+            }
+            .into());
+        }
+        if v.scope == VolumeScope::Global
+            && let Some(link) = self.cluster_link()
+        {
+            match link.release_volume(name.to_string()).await {
+                Ok(()) => {}
+                Err(e) if force => {
+                    tracing::warn!(volume = name, "removing it without the managers: {e}")
+                }
+                Err(e) => return Err(EngineError::Conflict(e)),
+            }
+            self.recorded_volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+        }
+        Ok(self.volumes.remove(name, force).await?)
+    }
+
+    /// This node's record of volume `name`.
+    pub fn volume_record(&self, name: &str) -> Option<Volume> {
+        self.volumes.get(name).ok()
+    }
+
+    /// Volume `name` and its users: this node's, or one a plugin has.
+    pub async fn volume_inspect(&self, name: &str) -> Result<VolumeUse, EngineError> {
+        let v = match self.volumes.get(name) {
+            Err(VolumeError::NotFound(e)) => self
+                .volumes
+                .plugin_volumes()
+                .await
+                .into_iter()
+                .find(|v| v.name == name)
+                .ok_or(VolumeError::NotFound(e))?,
+            other => other?,
+        };
         Ok(VolumeUse {
             used_by: self.referring(&v.name),
             volume: v,
         })
     }
 
-    /// The volumes that pass every filter (`KEY=VALUE`).
-    pub fn volume_list(&self, filters: &[String]) -> Result<Vec<VolumeUse>, EngineError> {
+    /// The volumes that pass every filter (`KEY=VALUE`): this node's, and those its
+    /// plugins have that it has no record of (as Docker lists them).
+    pub async fn volume_list(&self, filters: &[String]) -> Result<Vec<VolumeUse>, EngineError> {
+        for f in filters {
+            Filter::parse(f)?;
+        }
+        let mut all = self.volumes.list()?;
+        all.extend(self.volumes.plugin_volumes().await);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        self.with_users(all, filters)
+    }
+
+    /// `volumes` with their users, those that pass every filter.
+    fn with_users(
+        &self,
+        volumes: Vec<Volume>,
+        filters: &[String],
+    ) -> Result<Vec<VolumeUse>, EngineError> {
         let filters = filters
             .iter()
             .map(|f| Filter::parse(f))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self
-            .volumes
-            .list()?
+        Ok(volumes
             .into_iter()
             .map(|v| VolumeUse {
                 used_by: self.referring(&v.name),
@@ -264,16 +351,7 @@ impl Engine {
 
     /// Removes a volume no container refers to.
     pub async fn volume_remove(&self, name: &str, force: bool) -> Result<(), EngineError> {
-        self.volumes.get(name)?;
-        let users = self.referring(name);
-        if !users.is_empty() {
-            return Err(VolumeError::InUse {
-                name: name.to_string(),
-                users: users.iter().map(|u| format!("container {u}")).collect(),
-            }
-            .into());
-        }
-        Ok(self.volumes.remove(name, force).await?)
+        self.remove_volume(name, force).await
     }
 
     /// Removes every volume no container refers to (that passes the label filters);
@@ -289,7 +367,7 @@ impl Engine {
         filters.push(Filter::Dangling(true));
         let mut removed = Vec::new();
         let mut bytes = 0;
-        for u in self.volume_list(&[])? {
+        for u in self.with_users(self.volumes.list()?, &[])? {
             if !filters
                 .iter()
                 .all(|f| f.matches(&u.volume, !u.used_by.is_empty()))
@@ -301,7 +379,7 @@ impl Engine {
             } else {
                 0
             };
-            match self.volumes.remove(&u.volume.name, false).await {
+            match self.remove_volume(&u.volume.name, false).await {
                 Ok(()) => {
                     bytes += size;
                     removed.push(u.volume.name);
@@ -316,7 +394,7 @@ impl Engine {
     pub(crate) async fn remove_anonymous_volumes(&self, names: &[String]) {
         for name in names {
             if self.referring(name).is_empty()
-                && let Err(e) = self.volumes.remove(name, false).await
+                && let Err(e) = self.remove_volume(name, false).await
             {
                 tracing::warn!(volume = %name, "removing an anonymous volume: {e}");
             }

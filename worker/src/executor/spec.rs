@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use shoal_api::mount::{TemplateContext, expand};
+use shoal_api::mount::task_mounts;
 use shoal_api::types::{
-    AttachmentSpec, ContainerResources, ContainerSpec, MountType, Network, NetworkMode,
-    PortMapping, PublishMode, Task,
+    AttachmentSpec, ContainerResources, ContainerSpec, Network, NetworkMode, PortMapping,
+    PublishMode, Task,
 };
 
 /// The label that ties a container to its task.
@@ -32,13 +32,7 @@ pub fn container_spec(
     node_hostname: &str,
 ) -> Result<ContainerSpec, PrepareError> {
     let spec = &task.spec;
-    let short: String = task.id.chars().take(12).collect();
-    let name = if task.slot > 0 {
-        format!("{}.{}.{short}", spec.name, task.slot)
-    } else {
-        let node: String = task.node_id.chars().take(12).collect();
-        format!("{}.{node}.{short}", spec.name)
-    };
+    let name = task.container_name();
     let attachments = task
         .networks
         .iter()
@@ -54,30 +48,7 @@ pub fn container_spec(
         })
         .collect::<Result<Vec<_>, _>>()?;
     // A volume's name may hold templates: each task (each slot) gets its own volume.
-    let ctx = TemplateContext {
-        service_name: spec.name.clone(),
-        service_id: task.service_id.clone(),
-        task_slot: if task.slot > 0 {
-            task.slot.to_string()
-        } else {
-            task.node_id.clone()
-        },
-        task_id: task.id.clone(),
-        task_name: name.clone(),
-        node_id: task.node_id.clone(),
-        node_hostname: node_hostname.to_string(),
-    };
-    let mounts = spec
-        .mounts
-        .iter()
-        .map(|m| {
-            let mut m = m.clone();
-            if m.kind == MountType::Volume {
-                m.source = expand(&m.source, &ctx);
-            }
-            m
-        })
-        .collect();
+    let mounts = task_mounts(task, node_hostname);
     let labels = BTreeMap::from([
         (TASK_LABEL.to_string(), task.id.clone()),
         (SERVICE_LABEL.to_string(), task.service_id.clone()),

@@ -194,6 +194,11 @@ impl Volumes {
         if name.is_empty() || name == LOCAL {
             return Ok(self.local.clone());
         }
+        Ok(self.plugin(name)?)
+    }
+
+    /// The plugin called `name`, found now (and kept).
+    fn plugin(&self, name: &str) -> Result<Arc<Plugin>, VolumeError> {
         if let Some(p) = self
             .plugins
             .lock()
@@ -227,6 +232,58 @@ impl Volumes {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), p.clone());
         Ok(p)
+    }
+
+    /// The volumes the plugins found have that this node has no record of (made out of
+    /// band, or by another node for a plugin of cluster-wide scope), as `VolumeDriver.List`
+    /// tells; a plugin that does not answer at once is left out (and warned of).
+    pub async fn plugin_volumes(&self) -> Vec<Volume> {
+        let known: std::collections::HashSet<String> = self
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        let mut out = Vec::new();
+        for name in self.driver_names().into_iter().skip(1) {
+            let Ok(p) = self.plugin(&name) else { continue };
+            match p.list_volumes().await {
+                Ok(list) => {
+                    for (volume, mountpoint) in list {
+                        if known.contains(&volume) || out.iter().any(|v: &Volume| v.name == volume)
+                        {
+                            continue;
+                        }
+                        out.push(Volume {
+                            name: volume,
+                            driver: name.clone(),
+                            mountpoint,
+                            labels: BTreeMap::new(),
+                            options: BTreeMap::new(),
+                            scope: p.capabilities_scope().await.unwrap_or_default(),
+                            created_unix: 0,
+                            anonymous: false,
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(plugin = %name, "listing its volumes: {e}"),
+            }
+        }
+        out
+    }
+
+    /// The plugin that has volume `name`, when one found has it (`VolumeDriver.Get`,
+    /// asked quickly): a mount that names no driver takes a plugin's volume of its name,
+    /// as Docker does, before making a local one.
+    async fn plugin_with(&self, name: &str) -> Option<String> {
+        for plugin in self.driver_names().into_iter().skip(1) {
+            if let Ok(p) = self.plugin(&plugin)
+                && p.has_volume(name).await
+            {
+                return Some(plugin);
+            }
+        }
+        None
     }
 
     /// The volume drivers this node has: local, and every plugin found.
@@ -296,7 +353,6 @@ impl Volumes {
             }
             _ => shoal_api::id::random_hex(32).map_err(|e| VolumeError::Io(e.to_string()))?,
         };
-        let driver_name = if driver.is_empty() { LOCAL } else { driver };
         let lock = self.lock(&name);
         let _held = lock.lock().await;
         if let Some(v) = self.store.volume(&name)? {
@@ -310,6 +366,16 @@ impl Volumes {
             }
             return Ok(v);
         }
+        let found = if driver.is_empty() && !anonymous {
+            self.plugin_with(&name).await
+        } else {
+            None
+        };
+        let driver_name = match (&found, driver) {
+            (Some(p), _) => p.as_str(),
+            (None, "") => LOCAL,
+            (None, d) => d,
+        };
         let d = self.driver(driver_name)?;
         let scope = d.scope().await?;
         d.create(&name, opts).await?;

@@ -180,7 +180,8 @@ impl Plugin {
         }
     }
 
-    /// Calls `call` with `body`: the JSON answer, or the plugin's error.
+    /// Calls `call` with `body`: the JSON answer, or the plugin's error. A plugin that
+    /// cannot be reached is tried again for up to 30 s.
     pub async fn call(&self, call: &str, body: Value) -> Result<Value, VolumeError> {
         let started = Instant::now();
         let mut wait = Duration::from_secs(1);
@@ -212,8 +213,25 @@ impl Plugin {
                 Ok(Err(e)) => return Err(self.error(call, format!("the call broke off: {e}"))),
             }
         };
-        let (status, bytes) = answer;
-        tracing::debug!(plugin = %self.name, call, status, ms = started.elapsed().as_secs_f64() * 1e3, "plugin call");
+        tracing::debug!(plugin = %self.name, call, status = answer.0, ms = started.elapsed().as_secs_f64() * 1e3, "plugin call");
+        self.read_answer(call, answer)
+    }
+
+    /// Calls `call` once, waiting at most [`QUICK`]: for questions that must not hold up
+    /// the caller when a plugin is down (listing, looking a name up).
+    async fn call_quick(&self, call: &str, body: Value) -> Result<Value, VolumeError> {
+        match tokio::time::timeout(QUICK.min(self.timeout), self.post(call, &body)).await {
+            Err(_) => Err(self.error(
+                call,
+                format!("no answer within {} s", QUICK.min(self.timeout).as_secs()),
+            )),
+            Ok(Ok(a)) => self.read_answer(call, a),
+            Ok(Err(e)) => Err(self.error(call, e)),
+        }
+    }
+
+    /// The JSON of an answer, or the plugin's error.
+    fn read_answer(&self, call: &str, (status, bytes): (u16, Bytes)) -> Result<Value, VolumeError> {
         let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
         if status != 200 {
             let text = match &parsed {
@@ -246,11 +264,16 @@ impl Plugin {
         Ok(v)
     }
 
-    /// What the plugin implements (`Plugin.Activate`, asked once).
-    pub async fn implements(&self) -> Result<Vec<String>, VolumeError> {
+    /// What the plugin implements: `Plugin.Activate`, asked once (quickly when `quick`);
+    /// a failed activation is asked again next time.
+    async fn activate(&self, quick: bool) -> Result<&Vec<String>, VolumeError> {
         self.activated
             .get_or_try_init(|| async {
-                let v = self.call("Plugin.Activate", json!({})).await?;
+                let v = if quick {
+                    self.call_quick("Plugin.Activate", json!({})).await?
+                } else {
+                    self.call("Plugin.Activate", json!({})).await?
+                };
                 let list = v["Implements"].as_array().ok_or_else(|| {
                     self.error("Plugin.Activate", "its answer lists no \"Implements\"")
                 })?;
@@ -260,11 +283,11 @@ impl Plugin {
                     .collect())
             })
             .await
-            .cloned()
     }
 
-    async fn volume_call(&self, call: &str, body: Value) -> Result<Value, VolumeError> {
-        let implements = self.implements().await?;
+    /// Whether the plugin is a volume driver.
+    async fn check_volume_driver(&self, quick: bool) -> Result<(), VolumeError> {
+        let implements = self.activate(quick).await?;
         if !implements.iter().any(|i| i == "VolumeDriver") {
             return Err(self.error(
                 "Plugin.Activate",
@@ -274,13 +297,61 @@ impl Plugin {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The volumes the plugin has (`VolumeDriver.List`, asked once, quickly): names and
+    /// mountpoints (empty where it gave none).
+    pub async fn list_volumes(&self) -> Result<Vec<(String, String)>, VolumeError> {
+        self.check_volume_driver(true).await?;
+        let v = self.call_quick("VolumeDriver.List", json!({})).await?;
+        Ok(v["Volumes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| {
+                        let name = v["Name"].as_str()?.to_string();
+                        let mp = v["Mountpoint"].as_str().unwrap_or_default().to_string();
+                        Some((name, mp))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Whether the plugin has volume `name` (`VolumeDriver.Get`, asked once, quickly).
+    pub async fn has_volume(&self, name: &str) -> bool {
+        self.check_volume_driver(true).await.is_ok()
+            && self
+                .call_quick("VolumeDriver.Get", json!({"Name": name}))
+                .await
+                .is_ok()
+    }
+
+    /// Its scope, as `VolumeDriver.Capabilities` says (local when it says nothing).
+    pub async fn capabilities_scope(&self) -> Result<VolumeScope, VolumeError> {
+        self.check_volume_driver(false).await?;
+        let v = self.call("VolumeDriver.Capabilities", json!({})).await?;
+        Ok(match v["Capabilities"]["Scope"].as_str() {
+            Some("global") => VolumeScope::Global,
+            _ => VolumeScope::Local,
+        })
+    }
+
+    /// What the plugin implements (`Plugin.Activate`, asked once).
+    pub async fn implements(&self) -> Result<Vec<String>, VolumeError> {
+        self.activate(false).await.cloned()
+    }
+
+    async fn volume_call(&self, call: &str, body: Value) -> Result<Value, VolumeError> {
+        self.check_volume_driver(false).await?;
         self.call(call, body).await
     }
 
     /// The plugin as `plugin ls` shows it.
     pub async fn info(&self) -> PluginInfo {
-        let (implements, error) = match self.implements().await {
-            Ok(i) => (i, String::new()),
+        let (implements, error) = match self.activate(true).await {
+            Ok(i) => (i.clone(), String::new()),
             Err(e) => (Vec::new(), e.to_string()),
         };
         PluginInfo {
@@ -293,6 +364,8 @@ impl Plugin {
 }
 
 /// A connection error's text carries this first: such calls are tried again.
+/// How long a quick question waits.
+const QUICK: Duration = Duration::from_secs(5);
 const UNREACHABLE: &str = "unreachable: ";
 
 /// Sends `request` over `stream`: the answer's status and body.
@@ -340,15 +413,7 @@ impl VolumeDriver for Plugin {
     }
 
     fn scope(&self) -> BoxFuture<'_, Result<VolumeScope, VolumeError>> {
-        Box::pin(async move {
-            let v = self
-                .volume_call("VolumeDriver.Capabilities", json!({}))
-                .await?;
-            Ok(match v["Capabilities"]["Scope"].as_str() {
-                Some("global") => VolumeScope::Global,
-                _ => VolumeScope::Local,
-            })
-        })
+        Box::pin(self.capabilities_scope())
     }
 
     fn create<'a>(
