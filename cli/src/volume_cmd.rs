@@ -68,11 +68,14 @@ pub enum VolumeCommand {
         #[arg(required = true)]
         volumes: Vec<String>,
     },
-    /// Remove every volume no container uses.
+    /// Remove the anonymous volumes no container uses (with --all, named ones too).
     Prune {
         /// Do not ask first.
         #[arg(short, long)]
         force: bool,
+        /// Named volumes too, not only anonymous ones.
+        #[arg(short, long)]
+        all: bool,
         /// Only volumes that match: label=KEY[=VALUE].
         #[arg(long)]
         filter: Vec<String>,
@@ -272,9 +275,21 @@ pub async fn run(host: &Host, cmd: VolumeCommand) -> anyhow::Result<()> {
                 return Err(anyhow::anyhow!("{}", failed.join("\n")));
             }
         }
-        VolumeCommand::Prune { force, filter } => {
-            if !force && !confirm("This removes every volume no container uses.")? {
+        VolumeCommand::Prune {
+            force,
+            all,
+            mut filter,
+        } => {
+            let what = if all {
+                "This removes every volume no container uses, named ones too."
+            } else {
+                "This removes every anonymous volume no container uses."
+            };
+            if !force && !confirm(what)? {
                 return Ok(());
+            }
+            if all {
+                filter.push("all=true".into());
             }
             let r = client(host)
                 .await?

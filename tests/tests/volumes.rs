@@ -268,7 +268,13 @@ fn anonymous_volumes_go_with_rm_v_and_in_use_ones_stay(rt: &str) {
         "{r:?}"
     );
     d.shoal(&["volume", "create", "idle"]).ok();
+    // prune takes the unused anonymous volume only; --all the named one too.
     let pruned = d.shoal(&["volume", "prune", "-f"]).ok();
+    assert!(
+        pruned.stdout.contains(&left[0]) && !pruned.stdout.contains("idle"),
+        "{pruned:?}"
+    );
+    let pruned = d.shoal(&["volume", "prune", "-a", "-f"]).ok();
     assert!(
         pruned.stdout.contains("idle") && !pruned.stdout.contains("busy"),
         "{pruned:?}"

@@ -354,16 +354,32 @@ impl Engine {
         self.remove_volume(name, force).await
     }
 
-    /// Removes every volume no container refers to (that passes the label filters);
-    /// returns their names and the bytes their local data took.
+    /// Removes the anonymous volumes no container refers to, or with the filter
+    /// `all=true` every such volume, named ones too (as Docker since API 1.42), that
+    /// pass the other filters; returns their names and the bytes their local data took.
     pub async fn volume_prune(
         &self,
         filters: &[String],
     ) -> Result<(Vec<String>, u64), EngineError> {
-        let mut filters = filters
-            .iter()
-            .map(|f| Filter::parse(f))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut all = false;
+        let mut rest = Vec::new();
+        for f in filters {
+            match f.split_once('=') {
+                Some(("all", v)) => {
+                    all = match v {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(EngineError::Invalid(format!(
+                                "invalid filter \"{f}\": all is true or false"
+                            )));
+                        }
+                    }
+                }
+                _ => rest.push(Filter::parse(f)?),
+            }
+        }
+        let mut filters = rest;
         filters.push(Filter::Dangling(true));
         let mut removed = Vec::new();
         let mut bytes = 0;
@@ -371,6 +387,7 @@ impl Engine {
             if !filters
                 .iter()
                 .all(|f| f.matches(&u.volume, !u.used_by.is_empty()))
+                || !(all || u.volume.anonymous)
             {
                 continue;
             }
